@@ -227,7 +227,6 @@ ESTIMATORS: dict[str, Group] = {
         {
             "tau": _positive_float("RelaxedBernoulli temperature", 0.1),
             "samples": _positive_int("sampled STE gradients averaged (N)", 1),
-            "fixed": Param("bool", True, "stochastic rounding only while computing the gradient"),
             "seed": Param("int", 0, "the estimator's own seed", low=0),
         },
         doc="stochastic-rounding STE",
@@ -267,7 +266,12 @@ MEASURE = Group(
     {
         "lrs": Param("number_list", {"logspace": [-5, 0, 6]}, "learning rates of the probe"),
         "reference": REFERENCE,
-        "evaluate": Param("str", "plain", "loss after the update: plain sign, or the estimator's own forward", choices=("plain", "estimator")),
+        "evaluate": Param(
+            "str", "plain",
+            "forward that judges the loss before/after the update: plain sign (for sr_ste: 'fixed sr-STE', "
+            "the notes' default), or the estimator's own (sr_ste's stochastic rounding; plain for the others)",
+            choices=("plain", "estimator"),
+        ),
     },
     when={"experiment": ("probe",)},
 )
