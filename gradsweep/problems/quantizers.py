@@ -1,0 +1,85 @@
+"""Activation forwards by spec name: ``fp``, ``binary``, ``ternary``, ``2bit``.
+
+Every quantizer is a staircase ``q(x) = levels[j]`` where ``j`` counts the thresholds ``<= x``:
+a value exactly on a threshold takes the level *above* it. That one rule gives ``sign(0) = +1``
+for ``binary`` (the convention of the research notes' ``sign``) and fixes every other tie the
+same way. The choices, documented here because results depend on them:
+
+========  =========================  ==========================
+name      levels                     thresholds
+========  =========================  ==========================
+fp        identity                   none
+binary    {-1, +1}                   0          (sign, sign(0) = +1)
+ternary   {-1, 0, +1}                -0.5, 0.5  (|x| < 0.5 -> 0; x = 0.5 -> 1; x = -0.5 -> 0)
+2bit      {-1, -1/3, 1/3, 1}         -2/3, 0, 2/3  (uniform 4 levels on [-1, 1], rounded to nearest)
+========  =========================  ==========================
+
+The forwards carry no gradient (their outputs do not depend on ``x`` through autograd): the
+exact gradient through a step function is zero almost everywhere, and the STE family supplies
+its surrogate derivative separately (:class:`gradsweep.problems.base.Surrogate`). All are built
+from comparisons and sums, so they work under ``torch.func.vmap`` (the batched loss paths).
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Sequence
+
+import torch
+
+__all__ = ["Staircase", "QUANTIZERS", "get_quantizer", "identity"]
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    """The full-precision activation (none): ``q(x) = x``, gradient 1."""
+    return x
+
+
+class Staircase:
+    """``q(x) = levels[0] + sum_j (levels[j+1] - levels[j]) * [x >= thresholds[j]]``.
+
+    ``thresholds`` ascending, one fewer than ``levels``. The output has ``x``'s dtype and device
+    and no autograd connection to ``x``.
+    """
+
+    def __init__(self, name: str, thresholds: Sequence[float], levels: Sequence[float]) -> None:
+        if len(levels) != len(thresholds) + 1:
+            raise ValueError(f"{name}: need one more level than thresholds, got {levels} / {thresholds}")
+        if list(thresholds) != sorted(thresholds):
+            raise ValueError(f"{name}: thresholds must ascend, got {thresholds}")
+        self.name = name
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.levels = tuple(float(v) for v in levels)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach()
+        if len(self.thresholds) == 1:  # the common binary case: one where, no sum
+            lo, hi = self.levels
+            return torch.where(x >= self.thresholds[0], hi, lo).to(x.dtype)
+        out = torch.full_like(x, self.levels[0])
+        for t, below, above in zip(self.thresholds, self.levels, self.levels[1:]):
+            out = out + (above - below) * (x >= t).to(x.dtype)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Staircase({self.name!r}, thresholds={self.thresholds}, levels={self.levels})"
+
+
+QUANTIZERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "fp": identity,
+    "binary": Staircase("binary", [0.0], [-1.0, 1.0]),
+    "ternary": Staircase("ternary", [-0.5, 0.5], [-1.0, 0.0, 1.0]),
+    "2bit": Staircase("2bit", [-2.0 / 3.0, 0.0, 2.0 / 3.0], [-1.0, -1.0 / 3.0, 1.0 / 3.0, 1.0]),
+}
+
+
+def get_quantizer(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation forward called ``name``; an unknown name is a ``ValueError`` naming it."""
+    try:
+        return QUANTIZERS[name]
+    except KeyError:
+        near = difflib.get_close_matches(str(name), QUANTIZERS, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ValueError(
+            f"activation: unknown quantizer {name!r}{hint} (known: {', '.join(QUANTIZERS)})"
+        ) from None
