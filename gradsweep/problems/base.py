@@ -14,6 +14,10 @@ Three evaluation entry points, from general to fast:
 - :meth:`Problem.perturbed_losses`: K points that each move *one coordinate* of one layer (CDG).
   The default builds one-hot deltas and calls :meth:`losses`; problems override it with their
   structure (a rank-one change of one output unit; only rows whose activation flips).
+- :meth:`Problem.perturbed_loss_changes`: the same moves, returned as ``L(w + delta e_i) - L(w)``.
+  CDG uses this so that a small change is not the difference of two large, rounded losses. The
+  default subtracts :meth:`loss` from :meth:`perturbed_losses`; problems that can compute the
+  change directly (the toy) override it.
 """
 
 from __future__ import annotations
@@ -147,3 +151,13 @@ class Problem(ABC):
             onehot[torch.arange(idx.numel(), device=w.device), idx] = delta[start:start + chunk]
             out.append(self.losses(point, batch, {layer: onehot.view(idx.numel(), *w.shape)}))
         return torch.cat(out)
+
+    def perturbed_loss_changes(
+        self, point: Point, batch: Batch, layer: str, index: torch.Tensor, delta: torch.Tensor
+    ) -> torch.Tensor:
+        """``L(w + delta_k e_{index_k}) - L(w)`` for each k (see :meth:`perturbed_losses`).
+
+        Override where the change can be computed without forming both losses: the difference of
+        two rounded losses loses the digits the change shares with them.
+        """
+        return self.perturbed_losses(point, batch, layer, index, delta) - self.loss(point, batch)
