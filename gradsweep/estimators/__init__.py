@@ -14,5 +14,7 @@ for _module in (
     "gradsweep.estimators.autograd",
     "gradsweep.estimators.cdg",
     "gradsweep.estimators.nes",
+    "gradsweep.estimators.sr_ste",
+    "gradsweep.estimators.followups",
 ):
     importlib.import_module(_module)
