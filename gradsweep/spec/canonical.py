@@ -1,0 +1,64 @@
+"""The canonical cell and its id.
+
+A cell's config is the spec's top-level keys except :data:`gradsweep.catalog.NOT_IN_CELL`, plus
+``seed``: fully concrete, defaults filled, non-applicable parameters absent, ``dtype`` resolved,
+numbers normalised, keys sorted. Its id is the first 16 hex digits of the sha256 of its canonical
+JSON (sorted keys, no spaces), so it depends on the cell's content only: not on key order, not on
+the other cells of the grid, not on the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Mapping
+
+from gradsweep import catalog
+from gradsweep.catalog import Group, Param
+from gradsweep.spec.errors import SpecError
+from gradsweep.spec.validate import Alt, Context, expand_group
+
+__all__ = ["CELL", "SWEEP_CELL", "canonical_cell", "canonical_json", "cell_id", "resolve_dtype"]
+
+SEED = Param("int", 0, "the cell's seed (one of the spec's seeds)")
+
+# The keys of one cell, seed excluded (a sweep gives it from ``seeds``) and included.
+SWEEP_CELL = Group({k: v for k, v in catalog.TOP.fields.items() if k not in catalog.NOT_IN_CELL})
+CELL = Group({**SWEEP_CELL.fields, "seed": SEED})
+
+_FLOAT64_PROBLEMS = ("rosenbrock",)
+_F64: Alt = ("float64", '"float64"')
+_F32: Alt = ("float32", '"float32"')
+
+
+def resolve_dtype(merged: dict[str, Alt]) -> None:
+    """``dtype: null`` -> float64 for rosenbrock (a smooth sanity check), else float32."""
+    if merged.get("dtype", _F32)[0] is None:
+        problem = merged.get("problem", (None, ""))[0]
+        kind = problem.get("kind") if isinstance(problem, Mapping) else None
+        merged["dtype"] = _F64 if kind in _FLOAT64_PROBLEMS else _F32
+
+
+def canonical_json(config: Mapping[str, Any]) -> str:
+    """The canonical JSON text of a (canonical) config: sorted keys, no spaces."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
+def cell_id(canonical: Mapping[str, Any]) -> str:
+    """First 16 hex digits of sha256 of the canonical JSON of a canonical cell config."""
+    return hashlib.sha256(canonical_json(canonical).encode()).hexdigest()[:16]
+
+
+def canonical_cell(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """One concrete cell config (loose: missing keys get defaults) in canonical form.
+
+    Accepts its own output unchanged. Raises :class:`SpecError` for unknown keys, bad values,
+    grids (a cell is one point) and the sweep-level keys (``name``, ``seeds``, ...).
+    """
+    ctx = Context()
+    alts = expand_group(CELL, mapping, "", None, ctx, resolve=resolve_dtype, what="a cell")
+    if not ctx.issues and len(alts) != 1:
+        ctx.add("", f"expected one concrete cell, got a grid of {len(alts)} cells")
+    if ctx.issues:
+        raise SpecError(ctx.issues, source="cell config")
+    return json.loads(alts[0][1])
