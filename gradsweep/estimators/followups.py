@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from gradsweep.estimators.base import Estimator, get, register
-from gradsweep.estimators.sr_ste import surrogate_gradient
+from gradsweep.estimators.ste import Clipped
+from gradsweep.estimators.autograd import loss_gradient
 from gradsweep.problems.base import Batch, Point, Problem, Surrogate
 
 __all__ = ["NesMaxPoint", "PerturbedSTE", "RandomSTE", "RandomSurrogate"]
@@ -156,9 +157,9 @@ class RandomSurrogate(Surrogate):
         g = self.generator
         if self.randomize == "threshold":
             t = self.low + (self.high - self.low) * float(torch.rand((), generator=g, device=g.device))
-            return (x.abs() <= t).to(x.dtype)
+            return Clipped(t).derivative(x)
         xi = torch.randn(x.shape, generator=g, device=g.device, dtype=x.dtype).to(x.device)
-        return (x.abs() <= 1).to(x.dtype) * (1 + self.scale * xi)
+        return Clipped(1.0).derivative(x) * (1 + self.scale * xi)
 
 
 @register("random_ste")
@@ -187,5 +188,5 @@ class RandomSTE(Estimator):
     def estimate(
         self, problem: Problem, point: Point, batch: Batch, layers: list[str], generator: torch.Generator
     ) -> dict[str, torch.Tensor]:
-        return surrogate_gradient(problem, point, batch, layers, self.surrogate(generator))
+        return loss_gradient(problem, point, batch, layers, self.surrogate(generator))
 

@@ -29,10 +29,12 @@ from typing import Callable
 
 import torch
 
+from gradsweep.estimators.autograd import loss_gradient
 from gradsweep.estimators.base import Estimator, register
+from gradsweep.estimators.ste import Clipped
 from gradsweep.problems.base import Batch, Point, Problem, Surrogate, straight_through
 
-__all__ = ["StochasticRounding", "SrSTE", "scale_preactivation", "surrogate_gradient", "surrogate_losses"]
+__all__ = ["StochasticRounding", "SrSTE", "scale_preactivation", "relaxed_bernoulli", "surrogate_losses"]
 
 
 def scale_preactivation(a: torch.Tensor) -> torch.Tensor:
@@ -58,8 +60,8 @@ def relaxed_bernoulli(p: torch.Tensor, tau: float, uniform: torch.Tensor) -> tor
     return torch.sigmoid((torch.logit(p) + u.log() - (-u).log1p()) / tau)
 
 
-def _vanilla_derivative(x: torch.Tensor) -> torch.Tensor:
-    return (x.abs() <= 1).to(x.dtype)
+#: vanilla STE (clipped, t = 1): the backward of the rounded activation
+_VANILLA = Clipped(1.0)
 
 
 class StochasticRounding(Surrogate):
@@ -88,7 +90,7 @@ class StochasticRounding(Surrogate):
         self._calls = 0
 
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
-        return _vanilla_derivative(x)
+        return _VANILLA.derivative(x)
 
     def _uniform(self, x: torch.Tensor) -> torch.Tensor:
         if self.generator is None:  # replaying recorded draws, in call order
@@ -118,16 +120,6 @@ class StochasticRounding(Surrogate):
         if not self.noise:
             raise ValueError("sr_ste: nothing recorded to replay (construct with record=True and run a forward)")
         return StochasticRounding(self.tau, noise=self.noise)
-
-
-def surrogate_gradient(
-    problem: Problem, point: Point, batch: Batch, layers: list[str], surrogate: Surrogate
-) -> dict[str, torch.Tensor]:
-    """``d L / d w`` for ``layers`` with ``surrogate`` as every step activation's backward."""
-    leaves = {n: p.detach().requires_grad_(n in layers) for n, p in point.items()}
-    loss = problem.loss(leaves, batch, surrogate=surrogate)
-    grads = torch.autograd.grad(loss, [leaves[n] for n in layers], allow_unused=True)
-    return {n: (g if g is not None else torch.zeros_like(point[n])) for n, g in zip(layers, grads)}
 
 
 def surrogate_losses(
@@ -186,7 +178,7 @@ class SrSTE(Estimator):
         require_binary(problem, self.name)
         total = {n: torch.zeros_like(point[n]) for n in layers}
         for _ in range(self.samples):
-            grads = surrogate_gradient(problem, point, batch, layers, StochasticRounding(self.tau, generator))
+            grads = loss_gradient(problem, point, batch, layers, StochasticRounding(self.tau, generator))
             for n in layers:
                 total[n] += grads[n]
         return {n: g / self.samples for n, g in total.items()}
