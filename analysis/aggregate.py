@@ -1,0 +1,115 @@
+"""Aggregations behind the figures and tables (pure pandas; every function is tested against
+hand-computed numbers in ``tests/test_analysis_aggregate.py``).
+
+Conventions, the same everywhere:
+
+- "over seeds and batches": every (cell, batch) row of one ``config`` at one lr is one sample;
+  cells differ only by ``seed``, so this pools the seeds and the batches;
+- ``std`` is the sample standard deviation (ddof = 1), NaN where there is a single sample;
+- the *best lr* of a config is the lr of the largest mean loss decrease (ties: the smaller lr);
+- ``down`` is the fraction of samples with ``loss_decrease > 0`` (the loss went down).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis.core import ResultsData
+
+__all__ = ["lr_curves", "probe_curves", "best_lr", "summary", "best_vs_size", "cosine_table", "descent_curves"]
+
+
+def lr_curves(probe: pd.DataFrame) -> pd.DataFrame:
+    """Per (config, lr): ``mean``, ``std``, ``n`` and ``down`` of the loss decrease, plus
+    ``cells`` and ``seeds`` counted. ``probe``: rows of the ``probe`` record with ``config``."""
+    frame = probe[["config", "lr", "loss_decrease", "cell_id", "seed"]].assign(
+        went_down=(probe["loss_decrease"] > 0).astype(float).where(probe["loss_decrease"].notna())
+    )
+    grouped = frame.groupby(["config", "lr"], sort=True)
+    out = grouped.agg(
+        mean=("loss_decrease", "mean"),
+        std=("loss_decrease", "std"),
+        n=("loss_decrease", "count"),
+        down=("went_down", "mean"),
+        cells=("cell_id", "nunique"),
+        seeds=("seed", "nunique"),
+    )
+    return out.reset_index()
+
+
+def best_lr(curves: pd.DataFrame) -> pd.DataFrame:
+    """One row per config: the row of :func:`lr_curves` at the best lr (largest mean; ties to
+    the smaller lr), with ``lr`` renamed ``best_lr``. Configs whose every mean is NaN are left out."""
+    valid = curves.dropna(subset=["mean"])
+    # Sorted by (config, lr); idxmax keeps the first maximum, i.e. the smallest lr on ties.
+    index = valid.groupby("config", sort=True)["mean"].idxmax()
+    return valid.loc[index.values].rename(columns={"lr": "best_lr"}).reset_index(drop=True)
+
+
+def summary(data: ResultsData) -> pd.DataFrame:
+    """The summary table: per config of the probe rows, its parameters (those set for some
+    cell), ``best_lr``, ``best_mean``, ``best_std`` (over seeds and batches at the best lr),
+    ``down`` (fraction of batches whose loss went down at the best lr), ``n`` (samples at the best
+    lr), ``estimator_seconds`` (mean over (cell, batch)), ``cells`` and ``seeds``."""
+    return data.memo("summary", lambda: _summary(data))
+
+
+def probe_curves(data: ResultsData) -> pd.DataFrame:
+    """:func:`lr_curves` of the folder's probe rows, computed once per :class:`ResultsData`."""
+    return data.memo("lr_curves", lambda: lr_curves(data.records("probe")))
+
+
+def _summary(data: ResultsData) -> pd.DataFrame:
+    probe = data.records("probe")
+    if probe.empty or probe["loss_decrease"].isna().all():
+        return pd.DataFrame()
+    best = best_lr(probe_curves(data)).set_index("config")
+    per_batch = probe.drop_duplicates(["cell_id", "batch"])
+    seconds = per_batch.groupby("config")["estimator_seconds"].mean()
+    configs = data.configs(probe)
+    table = pd.DataFrame(
+        {
+            "best_lr": best["best_lr"],
+            "best_mean": best["mean"],
+            "best_std": best["std"],
+            "down": best["down"],
+            "n": best["n"],
+            "estimator_seconds": seconds,
+            "cells": configs["cells"],
+            "seeds": configs["seeds"],
+        }
+    )
+    params = configs[["estimator_label", "pretrain_label", *data.param_columns]]
+    return params.join(table, how="inner").reset_index()
+
+
+def best_vs_size(data: ResultsData, axis: str) -> pd.DataFrame:
+    """The points of "best loss decrease vs <axis>": per config (so per estimator config and
+    size), ``axis``, ``best_lr``, ``best_mean``, ``best_std``, with the config's labels; sorted
+    by estimator label, student and size. Empty when the axis is not a parameter of the folder."""
+    table = summary(data)
+    if table.empty or axis not in table.columns:
+        return pd.DataFrame()
+    points = table[table[axis].notna()]
+    return points.sort_values(["estimator_label", "pretrain_label", axis]).reset_index(drop=True)
+
+
+def cosine_table(cosine: pd.DataFrame) -> pd.DataFrame:
+    """Per (config, reference, layer): ``mean``, ``std``, ``n`` of the cosine over seeds and
+    batches, and ``cells``, ``seeds``."""
+    grouped = cosine.groupby(["config", "reference", "layer"], sort=True, dropna=False)
+    return grouped.agg(
+        mean=("cosine", "mean"),
+        std=("cosine", "std"),
+        n=("cosine", "count"),
+        cells=("cell_id", "nunique"),
+        seeds=("seed", "nunique"),
+    ).reset_index()
+
+
+def descent_curves(descent: pd.DataFrame) -> pd.DataFrame:
+    """Per (config, step): ``mean``, ``min``, ``max`` of the loss over seeds, and ``n``."""
+    grouped = descent.groupby(["config", "step"], sort=True)
+    return grouped.agg(
+        mean=("loss", "mean"), min=("loss", "min"), max=("loss", "max"), n=("loss", "count"),
+    ).reset_index()

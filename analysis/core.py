@@ -1,0 +1,325 @@
+"""Loading a results folder and naming what varies in it.
+
+A results folder (``../shared/SPEC.md``) holds one Parquet file per finished cell, all written with
+the declared schema of :mod:`gradsweep.results_schema`. :func:`load_results` reads it back with
+``pyarrow.dataset`` and that schema (names starting with ``_`` or ``.`` are skipped, so
+``_gradsweep/`` and temporary files are never read), drops the parameter columns that are null
+everywhere, and gives a :class:`ResultsData`:
+
+- ``rows``: every row, with an integer ``config`` column (one id per distinct parameter setting
+  other than the seed, so aggregating "over seeds" is a group-by on ``config``);
+- ``cells``: one row per cell (its parameters, ``config`` and readable labels);
+- what is missing: failed cells (``_gradsweep/failures/``), cells the spec expects that have no
+  file yet, files that could not be read.
+
+Labels name only what varies: a figure's legend says ``CDG(epsilon=0.1)`` when epsilon is what
+differs between its curves, never the twenty parameters they share. Imports pyarrow, pandas and
+the torch-free parts of gradsweep only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from gradsweep.results_schema import (
+    BASE_FIELDS,
+    METRIC_FIELDS,
+    param_fields,
+    results_schema,
+)
+
+__all__ = [
+    "Figure", "ResultsData", "ResultsError", "load_results", "format_value", "short_name",
+    "describe", "varying", "KIND_NAMES",
+]
+
+ESTIMATOR_PREFIX = "estimator."
+PRETRAIN_PREFIX = "problem.pretrain."
+# Provenance columns the analysis uses; the others (host, versions, ...) are not read.
+_PROVENANCE_READ = ("run_device", "cell_seconds")
+
+KIND_NAMES = {
+    "cdg": "CDG",
+    "nes": "NES",
+    "ste": "STE",
+    "sr_ste": "sr-STE",
+    "autograd": "autograd",
+    "nes_max_point": "NES max point",
+    "perturbed_ste": "perturbed STE",
+    "random_ste": "random STE",
+}
+
+
+class ResultsError(ValueError):
+    """The folder cannot be reported: it does not exist, or holds no readable result."""
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure a section drew: the PNG's path, a title, and a caption for the page.
+
+    The caption says what was varied and how many cells and seeds the figure aggregates.
+    """
+
+    path: Path
+    title: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One entry of ``_gradsweep/failures/``: the cell and the first line of its error."""
+
+    cell_id: str
+    error: str
+
+
+def format_value(value: Any) -> str:
+    """A parameter value as a reader writes it: ``0.1``, ``1e-05``, ``500``, ``true``, ``null``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def short_name(column: str) -> str:
+    """A parameter column as a legend names it: ``estimator.epsilon`` -> ``epsilon``,
+    ``problem.dim`` -> ``dim``, ``problem.pretrain.steps`` -> ``pretrain.steps``; other paths
+    (``step.lr``, ``measure.reference.kind``) stay whole, since their group says what they are."""
+    for prefix in ("estimator.", "problem."):
+        if column.startswith(prefix):
+            return column[len(prefix):]
+    return column
+
+
+def describe(values: Mapping[str, Any], columns: Iterable[str], *, strip: str = "") -> str:
+    """``"dim=8, activation=binary"`` for the given columns of one config (``strip`` removes a
+    further prefix from the names, e.g. ``"pretrain."``)."""
+    parts = []
+    for column in columns:
+        name = short_name(column)
+        if strip and name.startswith(strip):
+            name = name[len(strip):]
+        parts.append(f"{name}={format_value(values[column])}")
+    return ", ".join(parts)
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def varying(frame: pd.DataFrame, columns: Iterable[str]) -> list[str]:
+    """The columns (in the given order) that take more than one value in ``frame`` (null counts
+    as a value, so raw-vs-pretrained is a variation of ``problem.pretrain.steps``)."""
+    return [c for c in columns if c in frame.columns and frame[c].nunique(dropna=False) > 1]
+
+
+@dataclass
+class ResultsData:
+    """A results folder read back: rows, cells, the spec and what is missing.
+
+    ``param_columns`` are the parameter columns (catalog paths, ``seed`` excluded) that are set
+    for at least one cell; ``estimator_columns``, ``pretrain_columns`` and ``setting_columns``
+    (everything else: the problem, the measurement, the step rule, dtype...) partition them.
+    """
+
+    folder: Path
+    name: str
+    rows: pd.DataFrame
+    cells: pd.DataFrame
+    param_columns: list[str]
+    spec_text: str | None = None
+    failures: list[Failure] = field(default_factory=list)
+    expected_cell_ids: set[str] | None = None
+    expected_note: str | None = None
+    unreadable: list[str] = field(default_factory=list)
+    _records: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per key: the sections and the summary share aggregations."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    @property
+    def estimator_columns(self) -> list[str]:
+        return [c for c in self.param_columns if c.startswith(ESTIMATOR_PREFIX)]
+
+    @property
+    def pretrain_columns(self) -> list[str]:
+        return [c for c in self.param_columns if c.startswith(PRETRAIN_PREFIX)]
+
+    @property
+    def setting_columns(self) -> list[str]:
+        return [
+            c for c in self.param_columns
+            if not c.startswith(ESTIMATOR_PREFIX) and not c.startswith(PRETRAIN_PREFIX)
+        ]
+
+    @cached_property
+    def missing_cell_ids(self) -> list[str]:
+        """Cells the spec expands to that have no file yet (empty when the spec is unknown)."""
+        if self.expected_cell_ids is None:
+            return []
+        return sorted(self.expected_cell_ids - set(self.cells.index))
+
+    def records(self, kind: str) -> pd.DataFrame:
+        """The rows of one record kind (``probe``, ``cosine``, ``descent``, ...); empty if none."""
+        if kind not in self._records:
+            self._records[kind] = self.rows[self.rows["record"] == kind]
+        return self._records[kind]
+
+    def cells_of(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The cells that the rows of ``frame`` come from."""
+        return self.cells.loc[self.cells.index.isin(frame["cell_id"].unique())]
+
+    def configs(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """One row per ``config`` among the rows of ``frame``: its parameters and labels, plus
+        ``cells`` and ``seeds`` (how many of each it aggregates)."""
+        cells = self.cells_of(frame)
+        counts = cells.groupby("config").agg(cells=("seed", "size"), seeds=("seed", "nunique"))
+        first = cells.drop_duplicates("config").set_index("config").drop(columns="seed")
+        return first.join(counts).sort_index()
+
+
+def _palette_labels(cells: pd.DataFrame) -> None:
+    """Add ``estimator_label`` and ``pretrain_label`` columns to the cells table, naming only
+    the parameters that vary: among cells of one estimator kind for the estimator, among the
+    pretrained cells for the pretraining."""
+    est_cols = [c for c in cells.columns if c.startswith(ESTIMATOR_PREFIX) and c != "estimator.kind"]
+    labels = pd.Series("", index=cells.index, dtype=object)
+    if "estimator.kind" in cells.columns:
+        for kind, group in cells.groupby("estimator.kind", dropna=False, sort=False):
+            name = KIND_NAMES.get(kind, str(kind)) if not _is_null(kind) else "estimator"
+            cols = varying(group, est_cols)
+            for cell_id, row in group.iterrows():
+                labels[cell_id] = f"{name}({describe(row, cols)})" if cols else name
+    cells["estimator_label"] = labels
+    pre_cols = [c for c in cells.columns if c.startswith(PRETRAIN_PREFIX)]
+    pre = pd.Series("raw", index=cells.index, dtype=object)
+    if pre_cols:
+        pretrained = cells[pre_cols].notna().any(axis=1)
+        cols = varying(cells[pretrained], pre_cols)
+        for cell_id, row in cells[pretrained].iterrows():
+            pre[cell_id] = f"pretrained({describe(row, cols, strip='pretrain.')})" if cols else "pretrained"
+    cells["pretrain_label"] = pre
+
+
+def _read_table(folder: Path, columns: list[str]) -> tuple[pa.Table, list[str]]:
+    """All cell files as one table; a file that cannot be read is skipped and named."""
+    schema = results_schema()
+    dataset = ds.dataset(folder, format="parquet", schema=schema, ignore_prefixes=[".", "_"])
+    try:
+        return dataset.to_table(columns=columns), []
+    except (pa.ArrowInvalid, OSError):
+        # One bad file spoils the whole scan: read file by file and name the bad ones.
+        tables, bad = [], []
+        for path in dataset.files:
+            try:
+                tables.append(ds.dataset(path, format="parquet", schema=schema).to_table(columns=columns))
+            except (pa.ArrowInvalid, OSError) as err:
+                bad.append(f"{Path(path).name}: {str(err).splitlines()[0]}")
+        if not tables:
+            return schema.empty_table().select(columns), bad
+        return pa.concat_tables(tables), bad
+
+
+def _read_failures(folder: Path) -> list[Failure]:
+    out = []
+    for path in sorted((folder / "_gradsweep" / "failures").glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            error = str(record.get("error", "")).strip().splitlines()
+        except (OSError, ValueError, AttributeError):
+            error = ["(unreadable failure record)"]
+        out.append(Failure(path.stem, error[0] if error else ""))
+    return out
+
+
+def _expected_cells(spec_path: Path) -> tuple[set[str] | None, str | None]:
+    """The cell ids the spec as run expands to, or None and why not."""
+    if not spec_path.is_file():
+        return None, "no _gradsweep/spec.yaml: cannot tell how many cells are expected"
+    try:
+        from gradsweep.spec import load_spec  # the spec layer is torch-free (docs/design.md)
+    except ImportError as err:
+        return None, f"the spec layer is not importable ({err}): expected cells unknown"
+    try:
+        sweep = load_spec(spec_path)
+    except Exception as err:  # noqa: BLE001 - any spec error only means "unknown", never a crash
+        return None, f"the spec could not be expanded ({str(err).splitlines()[0]}): expected cells unknown"
+    return {cell.id for cell in sweep.cells}, None
+
+
+def load_results(folder: str | Path) -> ResultsData:
+    """Read a results folder (``<results>/<name>/``) for analysis.
+
+    Raises :class:`ResultsError` when the folder does not exist or holds no readable result.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ResultsError(f"results folder {str(folder)!r} does not exist (expected <results>/<name>/)")
+    params = [f.name for f in param_fields()]
+    names = [f.name for f in BASE_FIELDS] + params + [f.name for f in METRIC_FIELDS] + list(_PROVENANCE_READ)
+    schema_names = set(results_schema().names)
+    table, unreadable = _read_table(folder, [n for n in dict.fromkeys(names) if n in schema_names])
+    failures = _read_failures(folder)
+    if table.num_rows == 0:
+        what = f"; {len(failures)} failed cells in _gradsweep/failures/" if failures else ""
+        bad = f"; unreadable: {', '.join(unreadable)}" if unreadable else ""
+        raise ResultsError(f"no results in {str(folder)!r}: no readable <cell_id>.parquet file{what}{bad}")
+    # Parameters that no cell sets are null everywhere; dropping them keeps labels and grouping
+    # to what the sweep is about (and the frame small).
+    keep = [n for n in table.column_names if n not in params or n == "seed" or table.column(n).null_count < table.num_rows]
+    table = table.select(keep)
+    param_columns = [p for p in params if p in keep and p != "seed"]
+    rows = table.to_pandas()
+
+    cells = rows.drop_duplicates("cell_id")[["cell_id", "seed", *param_columns]].set_index("cell_id")
+    if param_columns:
+        cells["config"] = cells.groupby(param_columns, dropna=False, sort=True).ngroup()
+    else:
+        cells["config"] = 0
+    _palette_labels(cells)
+    rows["config"] = rows["cell_id"].map(cells["config"])
+
+    spec_path = folder / "_gradsweep" / "spec.yaml"
+    spec_text = spec_path.read_text() if spec_path.is_file() else None
+    expected, note = _expected_cells(spec_path)
+    sweep_names = rows["sweep"].unique()
+    return ResultsData(
+        folder=folder,
+        name=str(sweep_names[0]) if len(sweep_names) == 1 else folder.name,
+        rows=rows,
+        cells=cells,
+        param_columns=param_columns,
+        spec_text=spec_text,
+        failures=failures,
+        expected_cell_ids=expected,
+        expected_note=note,
+        unreadable=unreadable,
+    )
+
+
+def group_keys(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple[dict[str, Any], pd.DataFrame]]:
+    """Split ``frame`` by ``columns`` (null is a value), in sorted order: ``[(values, part)]``."""
+    if not columns:
+        return [({}, frame)] if len(frame) else []
+    out = []
+    for key, part in frame.groupby(list(columns), dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        out.append((dict(zip(columns, key)), part))
+    return out

@@ -1,0 +1,78 @@
+"""Descent figures: loss against step, log scale, one line per config.
+
+One figure per problem setting (the ``problem.*`` parameters other than pretraining); one line
+per config inside it (whatever differs: the estimator, the step rule, the pretraining), the mean
+loss over seeds with a min-max band.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.aggregate import descent_curves
+from analysis.core import Figure, ResultsData, describe, format_value, group_keys, varying
+from analysis.figures import Palette, legend, panels, save, slug
+
+TITLE = "Descent: loss along repeated steps"
+
+
+def _line_labels(configs: pd.DataFrame, line_cols: list[str], est_cols: list[str]) -> pd.Series:
+    """Per config: its estimator label, plus the other parameters that vary among the lines."""
+    others = [c for c in varying(configs, line_cols) if c not in est_cols]
+    labels = {}
+    for config, row in configs.iterrows():
+        extra = describe(row, others)
+        labels[config] = f"{row['estimator_label']}, {extra}" if extra else row["estimator_label"]
+    return pd.Series(labels, dtype=object)
+
+
+def section(data: ResultsData, out_dir: Path) -> list[Figure]:
+    """Every descent figure of the folder; [] when it has no descent rows."""
+    descent = data.records("descent")
+    if descent.empty or descent["loss"].notna().sum() == 0:
+        return []
+    curves = descent_curves(descent.dropna(subset=["loss", "step"]))
+    by_config = dict(tuple(curves.groupby("config", sort=False)))
+    configs = data.configs(descent)
+    fig_cols = [c for c in data.setting_columns if c.startswith("problem.")]
+    line_cols = [c for c in data.param_columns if c not in fig_cols]
+    groups = group_keys(configs, fig_cols)
+    labelled = [(key, group, _line_labels(group, line_cols, data.estimator_columns)) for key, group in groups]
+    palette = Palette(label for _, _, labels in labelled for label in labels)
+    title_cols = varying(configs, fig_cols)
+    out = []
+    for key, group, labels in labelled:
+        where = describe(key, title_cols) if title_cols else format_value(key.get("problem.kind"))
+        title = f"loss vs step - {where}"
+        fig, (ax,) = panels(1, width=7.5, height=5.0)
+        positive = True
+        for config in group.index:
+            c = by_config.get(config)
+            if c is None:
+                continue
+            colour = palette(labels[config])
+            ax.plot(c["step"], c["mean"], color=colour, label=labels[config], linewidth=1.3)
+            if (c["n"] > 1).any():
+                ax.fill_between(c["step"], c["min"], c["max"], color=colour, alpha=0.15, linewidth=0)
+            positive = positive and bool((c["min"] > 0).all())
+        if positive:
+            ax.set_yscale("log")
+        else:  # a loss that reaches 0 (Rosenbrock's minimum) or below: log away from 0
+            ax.set_yscale("symlog", linthresh=1e-8)
+        ax.set_xlabel("step (updates)")
+        ax.set_ylabel("loss (log scale)")
+        ax.grid(alpha=0.3, which="both")
+        varied = varying(group, line_cols)
+        legend(ax, "varied: " + (", ".join(c.split(".", 1)[-1] for c in varied) or "none"), len(group))
+        fig.suptitle(title)
+        path = save(fig, out_dir / f"descent-{slug(title)}.png")
+        cells = data.cells_of(descent[descent["config"].isin(group.index)])
+        caption = (
+            f"{len(group)} lines (configs), varied: {', '.join(varied) or 'none'}. Each line: the mean loss over"
+            f" seeds at each logged step, band min-max over seeds. {len(cells)} cells, {cells['seed'].nunique()} seeds."
+            f" Fixed: {describe(key, [c for c, v in key.items() if not pd.isna(v)])}."
+        )
+        out.append(Figure(path, title, caption))
+    return out

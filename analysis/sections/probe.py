@@ -1,0 +1,241 @@
+"""Probe figures: loss decrease against lr, best loss decrease against size, cosine heatmaps.
+
+- **lr vs loss decrease**: one figure per (problem setting, estimator kind[, sample count]); one
+  curve per remaining estimator config (epsilon, sigma, STE variant...); each point is the mean
+  over seeds and batches, the band +-1 std; a dashed zero line. Raw and pretrained students are
+  side-by-side panels of one figure.
+- **best loss decrease vs dim** (and vs ``channels`` / ``n`` where those vary): one line per
+  estimator config; each point is that config's mean at its own best lr for that size.
+- **cosine to reference**: per (setting, reference), a heatmap of the mean cosine, estimator
+  configs by layer (``all`` last).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from analysis.aggregate import best_vs_size, cosine_table, probe_curves
+from analysis.core import KIND_NAMES, Figure, ResultsData, describe, format_value, group_keys, short_name, varying
+from analysis.figures import Palette, legend, panels, save, slug, use_log_x
+
+TITLE = "Probe: loss decrease along the estimated direction, and cosine to a reference"
+
+# Parameters that may be the x axis of a "best loss decrease vs size" figure.
+SIZE_AXES = ("problem.dim", "problem.channels", "problem.n")
+# Estimator parameters that split lr figures (the notes draw one NES figure per sample count).
+FIGURE_ESTIMATOR_COLUMNS = ("estimator.kind", "estimator.samples")
+
+LR_LABEL = "learning rate lr (step length along the unit-norm estimate)"
+DECREASE_LABEL = "loss decrease L(w) - L(w - lr g/|g|) (loss units)"
+
+
+def section(data: ResultsData, out_dir: Path) -> list[Figure]:
+    """Every probe figure of the folder; [] when it has no probe or cosine rows."""
+    palette = Palette(data.cells["estimator_label"])
+    figures: list[Figure] = []
+    probe = data.records("probe")
+    if not probe.empty and probe["loss_decrease"].notna().any():
+        figures += lr_figures(data, probe_curves(data), out_dir, palette)
+        figures += best_vs_size_figures(data, out_dir, palette)
+    cosine = data.records("cosine")
+    if not cosine.empty and cosine["cosine"].notna().any():
+        figures += cosine_figures(data, cosine_table(cosine), out_dir)
+    return figures
+
+
+def _panel_order(labels: pd.Series) -> list[str]:
+    """Raw first, then the pretrained variants."""
+    return sorted(labels.unique(), key=lambda s: (s != "raw", s))
+
+
+def _title_part(key: Mapping[str, Any], all_configs: pd.DataFrame, columns: list[str]) -> str:
+    """The part of a title that tells this figure from its siblings: the key's columns that vary
+    across the folder (the problem kind when nothing does)."""
+    cols = varying(all_configs, columns)
+    if cols:
+        return describe(key, cols)
+    kind = key.get("problem.kind")
+    return format_value(kind) if kind is not None else ""
+
+
+def _fixed(key: Mapping[str, Any]) -> str:
+    """The key's non-null values, for a caption."""
+    return describe(key, [c for c, v in key.items() if not pd.isna(v)])
+
+
+def _counts(configs: pd.DataFrame, data: ResultsData, frame: pd.DataFrame) -> str:
+    cells = data.cells.loc[data.cells["config"].isin(configs.index) & data.cells.index.isin(frame["cell_id"].unique())]
+    return f"{len(cells)} cells, {cells['seed'].nunique()} seeds"
+
+
+def lr_figures(data: ResultsData, curves: pd.DataFrame, out_dir: Path, palette: Palette) -> list[Figure]:
+    """One lr-vs-loss-decrease figure per (setting, estimator kind[, samples])."""
+    probe = data.records("probe")
+    configs = data.configs(probe)
+    fig_cols = data.setting_columns + [c for c in FIGURE_ESTIMATOR_COLUMNS if c in configs.columns]
+    curve_cols = [c for c in data.estimator_columns if c not in fig_cols]
+    by_config = dict(tuple(curves.groupby("config", sort=False)))
+    title_cols = [c for c in fig_cols if c not in FIGURE_ESTIMATOR_COLUMNS]
+    out = []
+    for key, group in group_keys(configs, fig_cols):
+        kind = KIND_NAMES.get(key.get("estimator.kind"), format_value(key.get("estimator.kind")))
+        samples = key.get("estimator.samples")
+        head = kind if samples is None or pd.isna(samples) else f"{kind} ({format_value(samples)} samples)"
+        where = _title_part(key, configs, title_cols)
+        title = f"{head}: loss decrease vs lr" + (f" - {where}" if where else "")
+        varied = varying(group, curve_cols)
+        varied_names = ", ".join(short_name(c) for c in varied) or "none"
+        panel_labels = _panel_order(group["pretrain_label"])
+        fig, axes = panels(len(panel_labels))
+        for ax, panel in zip(axes, panel_labels):
+            members = group[group["pretrain_label"] == panel]
+            for config, row in members.iterrows():
+                c = by_config.get(config)
+                if c is None or c["mean"].isna().all():
+                    continue
+                colour = palette(row["estimator_label"])
+                lr, mean, std = c["lr"].to_numpy(), c["mean"].to_numpy(), c["std"].fillna(0).to_numpy()
+                ax.plot(lr, mean, "--", marker=".", color=colour, label=row["estimator_label"], linewidth=1.2)
+                ax.fill_between(lr, mean - std, mean + std, color=colour, alpha=0.15, linewidth=0)
+            ax.axhline(0.0, color="grey", linestyle="--", linewidth=0.8)
+            if use_log_x(curves.loc[curves["config"].isin(members.index), "lr"].unique().tolist()):
+                ax.set_xscale("log")
+            ax.set_xlabel(LR_LABEL)
+            ax.set_title(f"{panel} ({_counts(members, data, probe)})", fontsize="medium")
+            ax.grid(alpha=0.3)
+            legend(ax, f"varied: {varied_names}", len(members))
+        axes[0].set_ylabel(DECREASE_LABEL)
+        fig.suptitle(title)
+        path = save(fig, out_dir / f"lr-{slug(title)}.png")
+        sub = curves[curves["config"].isin(group.index)]
+        values = "; ".join(
+            f"{short_name(c)} in {{{', '.join(format_value(v) for v in sorted(group[c].dropna().unique()))}}}" for c in varied
+        )
+        caption = (
+            f"{len(group)} curves, varied: {varied_names}" + (f" ({values})" if values else "")
+            + f". Each point: mean loss decrease over seeds and batches (up to {int(sub['n'].max())} samples per point),"
+            f" band +-1 std; dashed line: no change. {_counts(group, data, probe)}."
+            + (f" Panels: {', '.join(panel_labels)}." if len(panel_labels) > 1 else "")
+            + f" Fixed: {_fixed(key)}."
+        )
+        out.append(Figure(path, title, caption))
+    return out
+
+
+def best_vs_size_figures(data: ResultsData, out_dir: Path, palette: Palette) -> list[Figure]:
+    """Best loss decrease against a size parameter, one line per estimator config; the best lr is
+    chosen per config, i.e. per estimator config and size."""
+    probe = data.records("probe")
+    out = []
+    for axis in SIZE_AXES:
+        table = best_vs_size(data, axis)
+        if table.empty:
+            continue
+        table = table.set_index("config")
+        fig_cols = [c for c in data.setting_columns if c != axis]
+        for key, group in group_keys(table, fig_cols):
+            if group[axis].nunique() < 2:
+                continue
+            name = short_name(axis)
+            where = _title_part(key, table, fig_cols)
+            title = f"best loss decrease vs {name}" + (f" - {where}" if where else "")
+            panel_labels = _panel_order(group["pretrain_label"])
+            fig, axes = panels(len(panel_labels))
+            sizes = sorted(group[axis].unique())
+            lines = 0
+            for ax, panel in zip(axes, panel_labels):
+                members = group[group["pretrain_label"] == panel]
+                est_cols = [c for c in data.estimator_columns if c in members.columns]
+                line_count = 0
+                for _, line in group_keys(members, est_cols):
+                    line = line.sort_values(axis)
+                    label = line["estimator_label"].iloc[0]
+                    ax.errorbar(
+                        line[axis], line["best_mean"], yerr=line["best_std"].fillna(0), fmt="--", marker=".",
+                        color=palette(label), label=label, capsize=3, linewidth=1.2,
+                    )
+                    line_count += 1
+                lines = max(lines, line_count)
+                ax.axhline(0.0, color="grey", linestyle="--", linewidth=0.8)
+                if min(sizes) > 0 and max(sizes) / min(sizes) >= 4:
+                    ax.set_xscale("log", base=2)
+                ax.set_xticks(sizes)
+                ax.set_xticklabels([format_value(s) for s in sizes])
+                ax.set_xlabel(f"{name} (problem size)")
+                ax.set_title(f"{panel} ({_counts(members, data, probe)})", fontsize="medium")
+                ax.grid(alpha=0.3)
+                legend(ax, "estimator config", line_count)
+            axes[0].set_ylabel("best loss decrease over the lr grid (loss units)")
+            fig.suptitle(title)
+            path = save(fig, out_dir / f"best-{slug(title)}.png")
+            caption = (
+                f"{lines} lines (estimator configs) against {name} in {{{', '.join(format_value(s) for s in sizes)}}}."
+                f" Each point: the mean loss decrease (over seeds and batches) at that config's best lr, the best lr"
+                f" chosen per config and {name}; error bar +-1 std. {_counts(group, data, probe)}."
+                + (f" Panels: {', '.join(panel_labels)}." if len(panel_labels) > 1 else "")
+                + f" Fixed: {_fixed(key)}."
+            )
+            out.append(Figure(path, title, caption))
+    return out
+
+
+def _layer_order(layers: list[str]) -> list[str]:
+    """Layers in their first-seen order, ``all`` last."""
+    return [layer for layer in layers if layer != "all"] + (["all"] if "all" in layers else [])
+
+
+def cosine_figures(data: ResultsData, table: pd.DataFrame, out_dir: Path) -> list[Figure]:
+    """A heatmap of the mean cosine (estimator configs by layer) per (setting, reference)."""
+    cosine = data.records("cosine")
+    configs = data.configs(cosine)
+    joined = table.join(configs, on="config", how="inner", rsuffix="_cfg")
+    fig_cols = data.setting_columns + ["reference"]
+    layer_seen = list(dict.fromkeys(cosine["layer"].dropna()))
+    out = []
+    for key, group in group_keys(joined, fig_cols):
+        reference = format_value(key["reference"])
+        where = _title_part(key, joined, data.setting_columns)
+        title = f"cosine to {reference}" + (f" - {where}" if where else "")
+        panel_labels = _panel_order(group["pretrain_label"])
+        layers = _layer_order([layer for layer in layer_seen if layer in set(group["layer"])])
+        heights = [group[group["pretrain_label"] == p]["estimator_label"].nunique() for p in panel_labels]
+        fig, axes = panels(
+            len(panel_labels), width=max(4.5, 1.0 * len(layers) + 3.5), height=max(3.0, 0.38 * max(heights) + 1.8),
+            sharey=False,
+        )
+        image = None
+        for ax, panel in zip(axes, panel_labels):
+            members = group[group["pretrain_label"] == panel]
+            grid = members.pivot_table(index="estimator_label", columns="layer", values="mean", aggfunc="mean")
+            grid = grid.reindex(columns=[layer for layer in layers if layer in grid.columns])
+            values = grid.to_numpy(dtype=float)
+            image = ax.imshow(values, cmap="RdBu", vmin=-1.0, vmax=1.0, aspect="auto")
+            ax.set_xticks(range(len(grid.columns)))
+            ax.set_xticklabels(grid.columns, rotation=30, ha="right")
+            ax.set_yticks(range(len(grid.index)))
+            ax.set_yticklabels(grid.index, fontsize="small")
+            if values.size <= 300:
+                for (i, j), v in np.ndenumerate(values):
+                    if not np.isnan(v):
+                        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize="x-small",
+                                color="white" if abs(v) > 0.6 else "black")
+            ax.set_xlabel("layer ('all': every estimated parameter)")
+            ax.set_title(f"{panel} ({_counts(members.set_index('config'), data, cosine)})", fontsize="medium")
+        if image is not None:
+            fig.colorbar(image, ax=axes, label="cosine similarity (mean over seeds and batches)", shrink=0.9)
+        fig.suptitle(title)
+        path = save(fig, out_dir / f"cosine-{slug(title)}.png")
+        caption = (
+            f"Mean cosine similarity between each estimator config's gradient (rows, {group['config'].nunique()} configs)"
+            f" and the reference {reference}, per layer (columns; 'all' = all estimated parameters together),"
+            f" over seeds and batches (up to {int(group['n'].max())} samples per square)."
+            f" {_counts(group.set_index('config'), data, cosine)}."
+            + (f" Panels: {', '.join(panel_labels)}." if len(panel_labels) > 1 else "")
+            + f" Fixed: {_fixed(key)}."
+        )
+        out.append(Figure(path, title, caption))
+    return out
