@@ -1,0 +1,119 @@
+"""The follow-up estimators never do worse than their documented fallbacks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gradsweep import estimators
+from gradsweep.problems.rosenbrock import Rosenbrock
+from gradsweep.problems.toy_mlp import build
+from gradsweep.seeding import generator
+
+LAYERS = ["fc1", "fc2", "fc3"]
+
+
+@pytest.fixture(scope="module")
+def toy():
+    cfg = {"kind": "toy_mlp", "dim": 8, "data": {"batch_size": 512, "batches": 3}}
+    return build(cfg, seed=0, dtype=torch.float64, device=torch.device("cpu"), cache_dir=None)
+
+
+def flat(g: dict[str, torch.Tensor], layers=LAYERS) -> torch.Tensor:
+    return torch.cat([g[n].flatten() for n in layers])
+
+
+def loss_along(problem, point, batch, g, step, layers=LAYERS) -> float:
+    """L(w - step * g_hat), the probe's measurement at one lr."""
+    norm = flat(g, layers).norm()
+    moved = {n: (p - step * g[n] / norm if n in layers else p) for n, p in point.items()}
+    return float(problem.loss(moved, batch))
+
+
+@pytest.mark.parametrize("name", ["nes_max_point", "perturbed_ste", "random_ste"])
+def test_registered_and_rebuilt_from_config(name: str, toy):
+    est = estimators.get(name)
+    assert estimators.get(est.get_config()).get_config() == est.get_config()
+    g = est.estimate(toy, toy.point(), next(toy.batches()), LAYERS, generator(0, name))
+    assert set(g) == set(LAYERS)
+    assert all(g[n].shape == toy.point()[n].shape for n in LAYERS)
+    assert torch.isfinite(flat(g)).all()
+
+
+def test_perturbed_ste_with_zero_noise_is_ste(toy):
+    batch = next(toy.batches())
+    ste = estimators.get("ste").estimate(toy, toy.point(), batch, LAYERS, generator(0))
+    got = estimators.get({"kind": "perturbed_ste", "noise": 0.0}).estimate(toy, toy.point(), batch, LAYERS, generator(0))
+    assert all(torch.equal(got[n], ste[n]) for n in LAYERS)
+
+
+@pytest.mark.parametrize("noise", [0.1, 1.0])
+def test_perturbed_ste_never_worse_than_ste_at_its_step(noise: float, toy):
+    est = estimators.get({"kind": "perturbed_ste", "noise": noise, "candidates": 16, "step": 0.2})
+    ste = estimators.get("ste")
+    for b, batch in enumerate(toy.batches()):
+        g = est.estimate(toy, toy.point(), batch, LAYERS, generator(0, b))
+        g_ste = ste.estimate(toy, toy.point(), batch, LAYERS, generator(0, b))
+        assert loss_along(toy, toy.point(), batch, g, 0.2) <= loss_along(toy, toy.point(), batch, g_ste, 0.2) + 1e-12
+        assert torch.isclose(flat(g).norm(), flat(g_ste).norm())  # same length, other direction allowed
+
+
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_nes_max_point_steps_to_the_best_sampled_point(antithetic: bool, toy):
+    sigma, n = 0.05, 64
+    point, batch = toy.point(), next(toy.batches())
+    est = estimators.get({"kind": "nes_max_point", "sigma": sigma, "samples": n, "antithetic": antithetic})
+    g = est.estimate(toy, point, batch, LAYERS, generator(3, "nmp"))
+
+    # the same draws, evaluated one point at a time
+    u = torch.randn((n, 8 * 8 * 2 + 8), generator=generator(3, "nmp"), dtype=torch.float64)
+    if antithetic:
+        u = torch.cat([u, -u])
+    sampled = []
+    for uk in u:
+        parts = torch.split(sigma * uk, [64, 64, 8])
+        moved = {name: point[name] + d.view_as(point[name]) for name, d in zip(LAYERS, parts)}
+        sampled.append(float(toy.loss(moved, batch)))
+    best = min(range(len(sampled)), key=sampled.__getitem__)
+    assert sampled[best] < float(toy.loss(point, batch))  # a raw student: some sample improves
+    assert torch.allclose(flat(g) / flat(g).norm(), -u[best] / u[best].norm())
+    # the probe at lr = sigma |u*| lands on the best sampled point
+    assert loss_along(toy, point, batch, g, sigma * float(u[best].norm())) == pytest.approx(sampled[best], rel=1e-9)
+
+
+def test_nes_max_point_falls_back_to_nes_at_a_minimum():
+    ones = torch.ones(6, dtype=torch.float64)
+    problem = Rosenbrock("pairs", ones, dtype=torch.float64, device=torch.device("cpu"))
+    sigma, n = 0.1, 32
+    g = estimators.get({"kind": "nes_max_point", "sigma": sigma, "samples": n}).estimate(
+        problem, problem.point(), None, ["x"], generator(0, "min"))
+    u = torch.randn((n, 6), generator=generator(0, "min"), dtype=torch.float64)
+    values = problem.losses(problem.point(), None, {"x": sigma * u})
+    assert (values > 0).all()  # nothing below the minimum: the fallback applies
+    assert torch.allclose(g["x"], values @ u / (n * sigma))
+
+
+def test_random_ste_degenerate_settings_are_ste(toy):
+    batch = next(toy.batches())
+    for random, ste in [
+        ({"randomize": "noise", "scale": 0.0}, {"variant": "clipped"}),
+        ({"randomize": "threshold", "low": 0.5, "high": 0.5}, {"variant": "clipped", "threshold": 0.5}),
+    ]:
+        got = estimators.get({"kind": "random_ste", **random}).estimate(toy, toy.point(), batch, LAYERS, generator(0))
+        want = estimators.get({"kind": "ste", **ste}).estimate(toy, toy.point(), batch, LAYERS, generator(0))
+        assert all(torch.equal(got[n], want[n]) for n in LAYERS)
+
+
+@pytest.mark.parametrize("random", [{"randomize": "noise", "scale": 0.5}, {"randomize": "threshold", "low": 0.1, "high": 2.0}])
+def test_random_ste_is_random_but_reproducible(random, toy):
+    est = estimators.get({"kind": "random_ste", **random})
+    batch = next(toy.batches())
+    a = est.estimate(toy, toy.point(), batch, LAYERS, generator(0))
+    b = est.estimate(toy, toy.point(), batch, LAYERS, generator(0))
+    c = est.estimate(toy, toy.point(), batch, LAYERS, generator(1))
+    assert torch.equal(flat(a), flat(b)) and not torch.equal(flat(a), flat(c))
+
+
+def test_random_ste_rejects_low_above_high():
+    with pytest.raises(ValueError, match=r"random_ste: expected low <= high, got low=0\.9 high=0\.2"):
+        estimators.get({"kind": "random_ste", "low": 0.9, "high": 0.2})
