@@ -15,7 +15,7 @@ spec is an error.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 __all__ = [
     "REQUIRED", "Param", "Group", "Union",
@@ -70,7 +70,8 @@ class Group:
     """A mapping of named parameters and nested groups.
 
     ``nullable``: the whole group may be ``null`` (``default=None`` makes null the default, as for
-    ``pretrain``). ``when`` as for :class:`Param`.
+    ``pretrain``). ``when`` as for :class:`Param`. ``checks``: rules across fields, each a
+    function of the concrete group (a dict) returning an error message or None.
     """
 
     fields: Mapping[str, "Param | Group | Union"]
@@ -78,6 +79,7 @@ class Group:
     nullable: bool = False
     default: Any = REQUIRED  # REQUIRED: the group is filled from its fields' defaults; None: null
     when: Mapping[str, tuple] | None = None
+    checks: tuple[Callable[[Mapping[str, Any]], "str | None"], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,20 @@ TOY_MLP = Group(
     doc="BinaryDuo teacher/student MLP on N(0, 1) inputs, MSE loss",
 )
 
+
+def _rosenbrock_n_even(cfg: Mapping[str, Any]) -> str | None:
+    if cfg["variant"] == "pairs" and cfg["n"] % 2:
+        return f"n must be even for variant pairs (x_(2i-1), x_(2i)), got n = {cfg['n']}"
+    return None
+
+
+def _rosenbrock_x0_length(cfg: Mapping[str, Any]) -> str | None:
+    x0 = cfg["x0"]
+    if isinstance(x0, list) and len(x0) != cfg["n"]:
+        return f"x0 must have n = {cfg['n']} numbers, got {len(x0)}"
+    return None
+
+
 ROSENBROCK = Group(
     {
         "variant": Param("str", "pairs", "pairs: uncoupled pairs; chain: coupled", choices=("pairs", "chain")),
@@ -150,6 +166,7 @@ ROSENBROCK = Group(
         "x0": Param("x0", {"randint": [-10, 10]}, "start: a list of n numbers or {randint: [lo, hi]}"),
     },
     doc="Rosenbrock function, a full-precision sanity check",
+    checks=(_rosenbrock_n_even, _rosenbrock_x0_length),
 )
 
 XNOR_PRETRAIN = Group(
@@ -281,7 +298,7 @@ DECAY = Group(
         "factor": _positive_float("multiply by this", 0.1),
         "every": _positive_int("steps between decays", 10000),
         "after": Param("int", 0, "first decay at this step", low=0),
-        "applies_to": Param("str_list", ["lr"], "what decays: lr, epsilon, sigma"),
+        "applies_to": Param("str_list", ["lr"], "what decays: lr, epsilon, sigma", choices=("lr", "epsilon", "sigma")),
     },
     nullable=True,
     default=None,

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from gradsweep.spec.canonical import canonical_cell, canonical_json, cell_id
 from gradsweep.spec.errors import Issue, SpecError
+from gradsweep.spec.expand import MAX_CELLS, Cell, Sweep, count_cells, expand, load_spec
 from gradsweep.spec.validate import validate_estimator
 
-__all__ = ["SpecError", "Issue", "canonical_cell", "canonical_json", "cell_id", "validate_estimator"]
+__all__ = [
+    "SpecError", "Issue", "Sweep", "Cell", "load_spec", "expand", "count_cells", "MAX_CELLS",
+    "canonical_cell", "canonical_json", "cell_id", "validate_estimator",
+]

@@ -39,6 +39,9 @@ def resolve_dtype(merged: dict[str, Alt]) -> None:
         merged["dtype"] = _F64 if kind in _FLOAT64_PROBLEMS else _F32
 
 
+resolve_dtype.keys = ("dtype", "problem")  # type: ignore[attr-defined]  # what it reads and writes
+
+
 def canonical_json(config: Mapping[str, Any]) -> str:
     """The canonical JSON text of a (canonical) config: sorted keys, no spaces."""
     return json.dumps(config, sort_keys=True, separators=(",", ":"))

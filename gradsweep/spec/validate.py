@@ -27,6 +27,7 @@ import difflib
 import itertools
 import json
 import math
+import operator
 import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -526,21 +527,64 @@ def expand_group(
     if not ok:
         return []
 
-    fixed = dict(fixed or {})
-    keys = sorted(set(fields) | set(fixed) | set().union(*(f[0] for f in factors if f)))
-    heads = {k: _dumps(k) + ":" for k in keys}
+    return _combine(group, outer, dict(fixed or {}), given_lines, path, line, ctx, resolve)
+
+
+def _single(getter_indices: Sequence[int]) -> Callable[[Sequence[Any]], tuple]:
+    """``itemgetter`` that always returns a tuple (it returns a bare item for one index)."""
+    if len(getter_indices) == 1:
+        i = getter_indices[0]
+        return lambda seq: (seq[i],)
+    return operator.itemgetter(*getter_indices)
+
+
+def _combine(
+    group: Group,
+    outer: list[list[dict[str, Alt]]],
+    fixed: dict[str, Alt],
+    given_lines: Mapping[str, int | None],
+    path: str,
+    line: int | None,
+    ctx: Context,
+    resolve: Callable[[dict[str, Alt]], None] | None,
+) -> list[Alt]:
+    """Cross the factors of a group into its alternatives, fast.
+
+    Factors that take part in a ``when`` (or in ``resolve``, or in a group check) are crossed
+    first, one dictionary per combination (few: experiment, measure, step, dtype, problem); the
+    free factors (seeds, the estimator union, ...) are crossed as tuples and joined to each of
+    those with two ``itemgetter`` calls, so a cell costs a dict, a join and no Python loop.
+    """
+    fields = group.fields
     when_of = {k: c.when for k, c in fields.items() if c.when}
     checks = getattr(group, "checks", ())
     explicit = {k for k in given_lines if k in when_of}
     used: set[str] = set()
     seen_values: dict[str, set] = {k: set() for k in explicit}
+    heads: dict[str, str] = {}
 
-    combos: Iterable[tuple[dict[str, Alt], ...]] = itertools.product(*outer)
+    def head(k: str) -> str:
+        h = heads.get(k)
+        if h is None:
+            h = heads[k] = _dumps(k) + ":"
+        return h
+
+    dep = set(when_of) | {s for w in when_of.values() for s in w} | set(getattr(resolve, "keys", ()))
+    if resolve is not None and not hasattr(resolve, "keys"):
+        dep = None  # an undeclared hook may read anything
+    if checks or dep is None:
+        dependent, free = outer, []
+    else:
+        dependent = [f for f in outer if f and not dep.isdisjoint(f[0])]
+        free = [f for f in outer if not (f and not dep.isdisjoint(f[0]))]
+
+    # The dependent combinations, each a sorted list of (key, value, "key":text).
+    heads_done: list[tuple[tuple[str, ...], tuple, tuple]] = []
+    seen: set[tuple] = set()
+    d_combos: Iterable[tuple[dict[str, Alt], ...]] = itertools.product(*dependent)
     if ctx.cap is not None:
-        combos = itertools.islice(combos, ctx.cap)
-    out: list[Alt] = []
-    seen: set[str] = set()
-    for combo in combos:
+        d_combos = itertools.islice(d_combos, ctx.cap)
+    for combo in d_combos:
         merged = dict(fixed)
         for part in combo:
             merged.update(part)
@@ -549,6 +593,8 @@ def expand_group(
         if when_of:
             memo: dict[str, bool] = {}
             for k in when_of:
+                if k not in merged:
+                    continue
                 if not _applies(k, when_of, merged, memo):
                     if k in explicit:
                         for sibling in when_of[k]:
@@ -557,24 +603,56 @@ def expand_group(
                     del merged[k]
                 elif k in explicit:
                     used.add(k)
-        text = "{" + ",".join(heads[k] + merged[k][1] for k in keys if k in merged) + "}"
-        if text in seen:
+        keys = tuple(sorted(merged))
+        parts = tuple(head(k) + merged[k][1] for k in keys)
+        if parts in seen:
             continue
-        seen.add(text)
-        value = {k: merged[k][0] for k in keys if k in merged}
-        bad = False
-        for check in checks:
-            message = check(value)
-            if message:
-                ctx.add(path, message, line)
-                bad = True
-        if not bad:
-            out.append((value, text))
+        seen.add(parts)
+        values = tuple(merged[k][0] for k in keys)
+        if checks:
+            bad = False
+            for check in checks:
+                message = check(dict(zip(keys, values)))
+                if message:
+                    ctx.add(path, message, line)
+                    bad = True
+            if bad:
+                continue
+        heads_done.append((keys, values, parts))
     for k in sorted(explicit - used):
         cond = "; ".join(f"{s} is {' or '.join(map(str, v))}" for s, v in when_of[k].items())
         here = ", ".join(map(str, sorted(seen_values[k], key=str)))
         ctx.add(_join(path, k), f"does not apply here: it applies only when {cond}"
                 + (f" (here: {here})" if here else ""), given_lines[k])
+
+    # The free combinations, as (values, parts) tuples in a fixed key order.
+    f_keys: list[str] = []
+    prepared = []
+    for factor in free:
+        fk = sorted(factor[0])
+        f_keys += fk
+        prepared.append([(tuple(a[k][0] for k in fk), tuple(head(k) + a[k][1] for k in fk)) for a in factor])
+    f_combos: list[tuple[tuple, tuple]] = [((), ())]
+    for factor in prepared:
+        f_combos = [(v + fv, p + fp) for v, p in f_combos for fv, fp in factor]
+        if ctx.cap is not None:
+            f_combos = f_combos[: ctx.cap]
+
+    out: list[Alt] = []
+    for keys, values, parts in heads_done:
+        all_keys = keys + tuple(f_keys)
+        order = sorted(range(len(all_keys)), key=all_keys.__getitem__)
+        ordered = tuple(all_keys[i] for i in order)
+        pick = _single(order)
+        if not f_keys:
+            out.append((dict(zip(ordered, pick(values))), "{" + ",".join(pick(parts)) + "}"))
+            continue
+        out += [
+            (dict(zip(ordered, pick(values + fv))), "{" + ",".join(pick(parts + fp)) + "}")
+            for fv, fp in f_combos
+        ]
+        if ctx.cap is not None and len(out) >= ctx.cap:
+            break
     return out
 
 
