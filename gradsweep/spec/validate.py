@@ -441,6 +441,8 @@ def _expand_entry(u: Union, raw: Any, path: str, line: int | None, ctx: Context)
         return []
     rest = {k: v for k, v in raw.items() if k != "kind"}
     known = set().union(*(u.kinds[k].fields for k in kinds))
+    elsewhere = {key: [name for name, g in u.kinds.items() if key in g.fields] for key in rest if key not in known}
+    elsewhere = {key: names for key, names in elsewhere.items() if names}
     out: list[Alt] = []
     for kind in kinds:
         group = u.kinds[kind]
@@ -448,7 +450,8 @@ def _expand_entry(u: Union, raw: Any, path: str, line: int | None, ctx: Context)
         ignore = {k for k in rest if k in known and k not in group.fields}
         fixed = {"kind": (kind, _dumps(kind))}
         out += expand_group(group, raw, path, line, ctx, skip={"kind"} | ignore, fixed=fixed,
-                            what=f"{kind!r}" if len(kinds) == 1 else "any of " + ", ".join(kinds))
+                            what=f"{kind!r}" if len(kinds) == 1 else "any of " + ", ".join(kinds),
+                            elsewhere=elsewhere)
     return _dedup(out)
 
 
@@ -477,13 +480,16 @@ def expand_group(
     factors: Sequence[list[dict[str, Alt]]] = (),
     resolve: Callable[[dict[str, Alt]], None] | None = None,
     what: str = "",
+    elsewhere: Mapping[str, list[str]] | None = None,
 ) -> list[Alt]:
     """The alternatives of a group: the product of its fields' (zip bundles paired).
 
     ``skip``: raw keys handled by the caller (a union's ``kind``); ``fixed``: entries added to
     every alternative; ``factors``: extra outer axes (the sweep's seeds); ``resolve``: a hook that
-    may rewrite a combination before it is written (dtype resolution).
+    may rewrite a combination before it is written (dtype resolution); ``elsewhere``: keys that
+    belong to other kinds of a union (for the message).
     """
+    elsewhere = elsewhere or {}
     if not isinstance(raw, Mapping):
         ctx.add(path, f"expected a mapping{' of ' + ', '.join(group.fields) if group.fields else ''}, got {_got(raw)}", line)
         return []
@@ -499,8 +505,11 @@ def expand_group(
         if key not in fields:
             valid = ", ".join(fields) or "none"
             where = f" for {what}" if what else ""
-            ctx.add(_join(path, key), f"unknown key {key!r}{_suggest(key, fields)} (valid keys{where}: {valid})",
-                    line_of(raw, key))
+            if key in elsewhere:
+                head = f"{key!r} does not apply to {what} (it is a parameter of {', '.join(elsewhere[key])})"
+            else:
+                head = f"unknown key {key!r}{_suggest(key, fields)}"
+            ctx.add(_join(path, key), f"{head} (valid keys{where}: {valid})", line_of(raw, key))
             ok = False
         else:
             given_lines[key] = line_of(raw, key)
