@@ -519,13 +519,17 @@ def read_results(path: str | os.PathLike[str], *, schema: pa.Schema | None = Non
 
     Reads with ``pyarrow.dataset`` and the declared schema (or ``schema``), so files written by
     older versions with fewer columns still read as one table (their missing columns are null).
-    Temporary files, ``_gradsweep/`` and quarantined files are skipped.
+    Only ``*.parquet`` files count; names under ``_`` or ``.`` (``_gradsweep/``, the
+    quarantine, temporary files) are skipped, as ``pyarrow.dataset`` does.
     """
     fs, base = _ensure_fs(path)
     if fs.get_file_info(base).type != pafs.FileType.Directory:
         raise StoreError(f"results: no such folder {os.fspath(path)!r}")
-    dataset = ds.dataset(
-        base, format="parquet", filesystem=fs, schema=schema or results_schema(),
-        exclude_invalid_files=False,
+    files = sorted(
+        info.path
+        for info in fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        if info.type == pafs.FileType.File and info.base_name.endswith(SUFFIX)
+        and not any(part[:1] in ("_", ".") for part in info.path[len(base):].split("/") if part)
     )
+    dataset = ds.dataset(files, format="parquet", filesystem=fs, schema=schema or results_schema())
     return dataset.to_table()
