@@ -141,9 +141,18 @@ def _folder_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", help="a sweep's results folder, RESULTS/NAME")
 
 
+def _status_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="a sweep's results folder, RESULTS/NAME, or a job id printed by `gradsweep submit`")
+    p.add_argument("--address", default=None, help="with a job id: the cluster's dashboard, http://HEAD:8265")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Print done / failed / pending and the failed cells' errors; exit 0 only when all are done."""
     from gradsweep.runner import status
+    from gradsweep.submit import cmd_job_status, is_job_id
+
+    if is_job_id(args.folder):
+        return cmd_job_status(args.folder, args.address)
 
     st = status(args.folder)
     print(st.format())
@@ -164,12 +173,23 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _finish(run(sweep, root, executor, progress_interval=args.progress_every))
 
 
+def _jobs() -> Any:
+    """``gradsweep.submit`` (submit, logs, job status), imported when one of those runs."""
+    from gradsweep import submit
+
+    return submit
+
+
 COMMANDS: dict[str, Command] = {
     "plan": Command("show the cells of a spec and what is done, failed and pending; runs nothing", _plan_arguments, cmd_plan),
     "run": Command("run every cell of a spec that is not done yet", _run_arguments, cmd_run),
-    "status": Command("show done / failed / pending of a results folder and the errors", _folder_arguments, cmd_status),
+    "status": Command("show done / failed / pending of a results folder (or a submitted job) and the errors", _status_arguments, cmd_status),
     "resume": Command("run the failed and missing cells of the spec stored in a results folder", _resume_arguments, cmd_resume),
     "report": Command("make figures and tables from a results folder", module="analysis.cli"),
+    "submit": Command("submit a sweep to a Ray cluster as a Ray job; prints the job id and returns",
+                      lambda p: _jobs().add_submit_arguments(p), lambda a: _jobs().cmd_submit(a)),
+    "logs": Command("print the output of a submitted job (--follow: until it ends)",
+                    lambda p: _jobs().add_logs_arguments(p), lambda a: _jobs().cmd_logs(a)),
 }
 
 

@@ -42,6 +42,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, TextIO
 from urllib.parse import urlsplit
 
+from gradsweep.cli import BadInput
+
 __all__ = [
     "SubmitError", "Submission", "JobReport", "resolve_address", "check_results_writable", "build_runtime_env",
     "submit", "job_status", "job_logs", "is_job_id", "job_main", "add_submit_arguments", "cmd_submit",
@@ -57,8 +59,11 @@ _JOB_ID = re.compile(r"^(raysubmit_[A-Za-z0-9]+|gradsweep-[a-z0-9-]+-[0-9a-f]{8}
 _ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 
 
-class SubmitError(RuntimeError):
-    """Submitting or inspecting a job failed before or outside the sweep itself (one clear message)."""
+class SubmitError(BadInput):
+    """Submitting or inspecting a job failed before or outside the sweep itself.
+
+    A :class:`gradsweep.cli.BadInput`: the CLI prints its one-line message and exits with 2.
+    """
 
 
 @dataclass(frozen=True)
