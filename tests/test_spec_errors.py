@@ -110,7 +110,7 @@ BAD_SPECS = {
     ),
     "bad range mapping": (
         "name: demo\nproblem: {kind: toy_mlp}\nestimator: cdg\nmeasure: {lrs: {linspace: [0, 1]}}\n",
-        r"measure.lrs: expected a list of numbers or a range .*linspace expects \[start, stop, count\]",
+        r"measure.lrs: expected a list of numbers and ranges .*linspace expects \[start, stop, count\]",
     ),
     "unknown range": (
         "name: demo\nproblem: {kind: toy_mlp}\nestimator: cdg\nmeasure: {lrs: {geomspace: [1, 2, 3]}}\n",
@@ -118,7 +118,7 @@ BAD_SPECS = {
     ),
     "empty arange": (
         "name: demo\nproblem: {kind: toy_mlp}\nestimator: cdg\nseeds: {arange: [5, 0, 1]}\n",
-        r"seeds: expected a list of integers .*arange \[5, 0, 1\] makes no values",
+        r"seeds: expected a list of integers and ranges .*arange \[5, 0, 1\] makes no values",
     ),
     "grid on a sweep key": (
         "name: demo\nproblem: {kind: toy_mlp}\nestimator: cdg\nresources: {grid: [{cpu: 1}, {cpu: 2}]}\n",

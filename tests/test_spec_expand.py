@@ -136,6 +136,8 @@ def test_ranges_expand_to_plain_lists() -> None:
     assert lrs({"logspace": [-5, 0, 6]}) == [1e-05, 0.0001, 0.001, 0.01, 0.1, 1.0]
     assert lrs({"arange": [0.01, 0.1, 0.02]}) == [0.01, 0.03, 0.05, 0.07, 0.09]
     assert lrs([1, 0.5]) == [1.0, 0.5]
+    # ranges inside a list are expanded in place; a repeated value is kept once
+    assert lrs([{"logspace": [-2, 0, 3]}, 0.5, {"arange": [0.01, 0.05, 0.02]}]) == [0.01, 0.1, 1.0, 0.5, 0.03]
 
 
 def test_zip_pairs_the_keys() -> None:

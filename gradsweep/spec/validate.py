@@ -126,8 +126,8 @@ def describe(p: Param) -> str:
         "float": "a number",
         "bool": "true or false",
         "str": "a string",
-        "number_list": "a list of numbers or a range ({linspace|logspace|arange: [...]})",
-        "int_list": "a list of integers or a range ({arange: [start, stop, step]})",
+        "number_list": "a list of numbers and ranges ({linspace|logspace|arange: [...]})",
+        "int_list": "a list of integers and ranges ({arange: [start, stop, step]})",
         "str_list": "a list of strings",
         "layers": "'all' or a list of layer selectors (module names, linear:K, conv:K)",
         "x0": "a list of numbers or {randint: [lo, hi]}",
@@ -234,9 +234,12 @@ def _range_values(raw: Mapping) -> list[float]:
     return [_clean(v) for v in values]
 
 
-def _list_of(raw: Any, convert: Callable[[Any], Any]) -> list:
-    if isinstance(raw, Mapping):
-        return [convert(v) for v in _range_values(raw)]
+def _list_of(raw: Any, convert: Callable[[Any], Any], *, ranges: bool = False) -> list:
+    """A list of converted items. With ``ranges``, range mappings may stand for the whole list
+    or for some of its items (``[{logspace: [-5, 0, 6]}, {arange: [0.01, 1, 0.02]}]``): they are
+    expanded in place and a value already present is not repeated."""
+    if ranges and isinstance(raw, Mapping):
+        raw = [raw]
     if not isinstance(raw, list):
         raise _Bad(f"got {_got(raw)}")
     if not raw:
@@ -244,10 +247,15 @@ def _list_of(raw: Any, convert: Callable[[Any], Any]) -> list:
     out = []
     for i, item in enumerate(raw):
         try:
-            out.append(convert(item))
+            if ranges and isinstance(item, Mapping):
+                out += [convert(v) for v in _range_values(item)]
+            else:
+                out.append(convert(item))
         except _Bad as exc:
-            raise _Bad(f"item {i}: {exc}") from None
-    return out
+            raise _Bad(f"item {i}: {exc}" if len(raw) > 1 else str(exc)) from None
+        if len(out) > MAX_LIST:
+            raise _Bad(f"the list would hold more than {MAX_LIST:,} values")
+    return list(dict.fromkeys(out)) if ranges else out
 
 
 def validate_value(p: Param, raw: Any) -> Any:
@@ -285,7 +293,7 @@ def validate_value(p: Param, raw: Any) -> Any:
             _check_bounds(p, x)
             return x
 
-        return _list_of(raw, item)
+        return _list_of(raw, item, ranges=True)
     if t in ("str_list", "layers"):
         if t == "layers" and raw == "all":
             return "all"

@@ -1,0 +1,75 @@
+"""Every spec shipped in specs/ loads, expands to the documented number of cells, and says which
+figure of the notes it reproduces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gradsweep.spec import count_cells, load_spec
+from gradsweep.spec.yamlload import load_yaml
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+FILES = sorted(SPECS.glob("*.yaml"))
+
+# The cell count each spec's header promises (specs not listed are checked for the rest).
+EXPECTED_CELLS = {
+    "quickstart.yaml": 20,  # (2 CDG + 1 NES + 2 STE) x 2 dims x 2 seeds
+    "toy-raw.yaml": 240,  # (4 CDG + 4 x 3 NES + 4 STE) x 4 dims x 3 seeds
+    "toy-pretrained.yaml": 240,
+    "rosenbrock-descent.yaml": 6,  # 2 variants x 3 seeds
+}
+
+
+def test_the_shipped_specs_are_there() -> None:
+    assert set(EXPECTED_CELLS) <= {f.name for f in FILES}
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f.name for f in FILES])
+def test_spec_file_loads_and_expands(path: Path) -> None:
+    sweep = load_spec(path)
+    assert sweep.cells, f"{path.name} makes no cells"
+    assert len({c.id for c in sweep.cells}) == len(sweep.cells)
+    assert len(sweep.cells) <= count_cells(load_yaml(path.read_text()))
+    if path.name in EXPECTED_CELLS:
+        assert len(sweep.cells) == EXPECTED_CELLS[path.name]
+        assert sweep.name == path.stem
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f.name for f in FILES])
+def test_spec_file_has_a_header_comment(path: Path) -> None:
+    header = path.read_text().splitlines()[0]
+    assert header.startswith("# "), f"{path.name} should open with a comment saying what it reproduces"
+
+
+def test_quickstart_is_small() -> None:
+    sweep = load_spec(SPECS / "quickstart.yaml")
+    kinds = {c.config["estimator"]["kind"] for c in sweep.cells}
+    assert {"cdg", "nes", "ste"} <= kinds
+    assert all(c.config["problem"]["dim"] <= 8 and c.config["problem"]["data"]["batch_size"] <= 1024 for c in sweep.cells)
+    assert all(c.config["measure"]["reference"] is not None for c in sweep.cells)
+
+
+def test_toy_specs_use_the_notes_grids() -> None:
+    for name in ("toy-raw.yaml", "toy-pretrained.yaml"):
+        cells = load_spec(SPECS / name).cells
+        assert {c.config["problem"]["dim"] for c in cells} == {8, 16, 32, 64}
+        assert {c.config["estimator"]["epsilon"] for c in cells if c.config["estimator"]["kind"] == "cdg"} == {
+            1.0, 0.1, 0.01, 0.001,
+        }
+        nes = [c.config["estimator"] for c in cells if c.config["estimator"]["kind"] == "nes"]
+        assert {e["samples"] for e in nes} == {500, 5000, 50000}
+        assert {e["sigma"] for e in nes} == {1.0, 0.1, 0.01, 0.001}
+        lrs = cells[0].config["measure"]["lrs"]
+        assert lrs[:6] == [1e-05, 0.0001, 0.001, 0.01, 0.1, 1.0] and lrs[-1] == 0.99 and len(lrs) == 55
+    pretrain = load_spec(SPECS / "toy-pretrained.yaml").cells[0].config["problem"]["pretrain"]
+    assert (pretrain["steps"], pretrain["batch_size"]) == (500, 16000)
+
+
+def test_rosenbrock_descent_has_the_notes_schedule() -> None:
+    cfg = load_spec(SPECS / "rosenbrock-descent.yaml").cells[0].config
+    assert cfg["estimator"] == {"kind": "cdg", "epsilon": 0.01, "mode": "central"}
+    assert cfg["step"]["lr"] == 0.1 and cfg["step"]["steps"] == 40000 and cfg["step"]["log_every"] == 100
+    assert cfg["step"]["decay"] == {"factor": 0.1, "every": 10000, "after": 30000, "applies_to": ["lr", "epsilon"]}
+    assert cfg["dtype"] == "float64"
