@@ -97,7 +97,10 @@ def format_value(value: Any) -> str:
 def short_name(column: str) -> str:
     """A parameter column as a legend names it: ``estimator.epsilon`` -> ``epsilon``,
     ``problem.dim`` -> ``dim``, ``problem.pretrain.steps`` -> ``pretrain.steps``; other paths
-    (``step.lr``, ``measure.reference.kind``) stay whole, since their group says what they are."""
+    (``step.lr``, ``measure.reference.kind``) stay whole, since their group says what they are;
+    ``problem.kind`` -> ``problem``, ``estimator.kind`` -> ``estimator``."""
+    if column.endswith(".kind") and column.count(".") == 1:
+        return column[: -len(".kind")]  # problem=toy_mlp, estimator=cdg
     for prefix in ("estimator.", "problem."):
         if column.startswith(prefix):
             return column[len(prefix):]

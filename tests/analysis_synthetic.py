@@ -56,3 +56,42 @@ def probe_rows(values: Mapping[tuple[int, float], float], seconds: Mapping[int, 
 TOY = {"problem.kind": "toy_mlp", "problem.depth": 3, "problem.activation": "binary",
        "problem.data.batch_size": 64, "problem.data.batches": 2, "params": "all",
        "dtype": "float32", "device": "cpu", "measure.evaluate": "plain"}
+
+
+def quickstart_like(folder: Path, *, seeds: Iterable[int] = (0, 1), spec_text: str | None = None) -> list[str]:
+    """A folder shaped like the quick-start sweep: toy MLP dims 4 and 8, raw and pretrained,
+    CDG (two epsilons), NES (two sample counts), STE (two variants), cosine rows against CDG,
+    plus a Rosenbrock descent cell per seed. Numbers are smooth made-up curves. Returns cell ids."""
+    estimators = (
+        [{"estimator.kind": "cdg", "estimator.epsilon": e, "estimator.mode": "central"} for e in (0.1, 0.01)]
+        + [{"estimator.kind": "nes", "estimator.sigma": 0.1, "estimator.samples": n, "estimator.antithetic": False,
+            "estimator.shaping": "none", "estimator.seed": 0} for n in (50, 100)]
+        + [{"estimator.kind": "ste", "estimator.variant": v} for v in ("clipped", "polynomial")]
+    )
+    lrs = (0.01, 0.1, 0.3, 0.6, 0.9)
+    ids = []
+    for dim in (4, 8):
+        for pretrain in (None, 50):
+            for i, est in enumerate(estimators):
+                for seed in seeds:
+                    params = {**TOY, "problem.dim": dim, "problem.pretrain.steps": pretrain,
+                              "problem.pretrain.lr": None if pretrain is None else 0.01, **est,
+                              "measure.reference.kind": "cdg", "measure.reference.epsilon": 0.1, "seed": seed}
+                    peak = 0.4 / (1 + i) / dim ** 0.5
+                    values = {(b, lr): peak * lr * (1.2 - lr) * 4 + 0.01 * (b - seed) for b in (0, 1) for lr in lrs}
+                    rows = probe_rows(values, {0: 0.001 * (i + 1), 1: 0.001 * (i + 1)})
+                    rows += [{"record": "cosine", "batch": b, "layer": layer, "reference": "cdg(epsilon=0.1)",
+                              "cosine": 0.9 - 0.1 * i + 0.01 * b}
+                             for b in (0, 1) for layer in ("linear:1", "linear:2", "linear:3", "all")]
+                    ids.append(write_cell(folder, params, rows, sweep="quickstart"))
+    for seed in seeds:
+        params = {"problem.kind": "rosenbrock", "problem.variant": "pairs", "problem.n": 4,
+                  "estimator.kind": "cdg", "estimator.epsilon": 0.01, "estimator.mode": "central",
+                  "step.lr": 0.1, "step.steps": 300, "dtype": "float64", "seed": seed}
+        rows = [{"record": "descent", "step": s, "loss": 100.0 * 0.5 ** (s / 100) + seed, "lr": 0.1, "epsilon": 0.01}
+                for s in range(0, 301, 100)]
+        ids.append(write_cell(folder, params, rows, sweep="quickstart", experiment="descent"))
+    if spec_text is not None:
+        (folder / "_gradsweep").mkdir(exist_ok=True)
+        (folder / "_gradsweep" / "spec.yaml").write_text(spec_text)
+    return ids

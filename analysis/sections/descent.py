@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.aggregate import descent_curves
-from analysis.core import Figure, ResultsData, describe, format_value, group_keys, varying
-from analysis.figures import Palette, legend, panels, save, slug
+from analysis.core import Figure, ResultsData, describe, format_value, group_keys, short_name, varying
+from analysis.figures import Palette, panels, slug
 
 TITLE = "Descent: loss along repeated steps"
 
@@ -46,7 +46,8 @@ def section(data: ResultsData, out_dir: Path) -> list[Figure]:
     for key, group, labels in labelled:
         where = describe(key, title_cols) if title_cols else format_value(key.get("problem.kind"))
         title = f"loss vs step - {where}"
-        fig, (ax,) = panels(1, width=7.5, height=5.0)
+        canvas = panels(1, panel=6.5, height=4.6)
+        ax = canvas.axes[0]
         positive = True
         for config in group.index:
             c = by_config.get(config)
@@ -65,12 +66,11 @@ def section(data: ResultsData, out_dir: Path) -> list[Figure]:
         ax.set_ylabel("loss (log scale)")
         ax.grid(alpha=0.3, which="both")
         varied = varying(group, line_cols)
-        legend(ax, "varied: " + (", ".join(c.split(".", 1)[-1] for c in varied) or "none"), len(group))
-        fig.suptitle(title)
-        path = save(fig, out_dir / f"descent-{slug(title)}.png")
+        names = ", ".join(short_name(c) for c in varied) or "none"
+        path = canvas.save(out_dir / f"descent-{slug(title)}.png", title, f"varied: {names}")
         cells = data.cells_of(descent[descent["config"].isin(group.index)])
         caption = (
-            f"{len(group)} lines (configs), varied: {', '.join(varied) or 'none'}. Each line: the mean loss over"
+            f"{len(group)} lines (configs), varied: {names}. Each line: the mean loss over"
             f" seeds at each logged step, band min-max over seeds. {len(cells)} cells, {cells['seed'].nunique()} seeds."
             f" Fixed: {describe(key, [c for c, v in key.items() if not pd.isna(v)])}."
         )

@@ -20,7 +20,7 @@ import pandas as pd
 
 from analysis.aggregate import best_vs_size, cosine_table, probe_curves
 from analysis.core import KIND_NAMES, Figure, ResultsData, describe, format_value, group_keys, short_name, varying
-from analysis.figures import Palette, legend, panels, save, slug, use_log_x
+from analysis.figures import Palette, panels, slug, use_log_x
 
 TITLE = "Probe: loss decrease along the estimated direction, and cosine to a reference"
 
@@ -90,8 +90,8 @@ def lr_figures(data: ResultsData, curves: pd.DataFrame, out_dir: Path, palette: 
         varied = varying(group, curve_cols)
         varied_names = ", ".join(short_name(c) for c in varied) or "none"
         panel_labels = _panel_order(group["pretrain_label"])
-        fig, axes = panels(len(panel_labels))
-        for ax, panel in zip(axes, panel_labels):
+        canvas = panels(len(panel_labels))
+        for ax, panel in zip(canvas.axes, panel_labels):
             members = group[group["pretrain_label"] == panel]
             for config, row in members.iterrows():
                 c = by_config.get(config)
@@ -107,10 +107,8 @@ def lr_figures(data: ResultsData, curves: pd.DataFrame, out_dir: Path, palette: 
             ax.set_xlabel(LR_LABEL)
             ax.set_title(f"{panel} ({_counts(members, data, probe)})", fontsize="medium")
             ax.grid(alpha=0.3)
-            legend(ax, f"varied: {varied_names}", len(members))
-        axes[0].set_ylabel(DECREASE_LABEL)
-        fig.suptitle(title)
-        path = save(fig, out_dir / f"lr-{slug(title)}.png")
+        canvas.axes[0].set_ylabel(DECREASE_LABEL)
+        path = canvas.save(out_dir / f"lr-{slug(title)}.png", title, f"varied: {varied_names}")
         sub = curves[curves["config"].isin(group.index)]
         values = "; ".join(
             f"{short_name(c)} in {{{', '.join(format_value(v) for v in sorted(group[c].dropna().unique()))}}}" for c in varied
@@ -144,10 +142,10 @@ def best_vs_size_figures(data: ResultsData, out_dir: Path, palette: Palette) -> 
             where = _title_part(key, table, fig_cols)
             title = f"best loss decrease vs {name}" + (f" - {where}" if where else "")
             panel_labels = _panel_order(group["pretrain_label"])
-            fig, axes = panels(len(panel_labels))
+            canvas = panels(len(panel_labels))
             sizes = sorted(group[axis].unique())
             lines = 0
-            for ax, panel in zip(axes, panel_labels):
+            for ax, panel in zip(canvas.axes, panel_labels):
                 members = group[group["pretrain_label"] == panel]
                 est_cols = [c for c in data.estimator_columns if c in members.columns]
                 line_count = 0
@@ -168,10 +166,8 @@ def best_vs_size_figures(data: ResultsData, out_dir: Path, palette: Palette) -> 
                 ax.set_xlabel(f"{name} (problem size)")
                 ax.set_title(f"{panel} ({_counts(members, data, probe)})", fontsize="medium")
                 ax.grid(alpha=0.3)
-                legend(ax, "estimator config", line_count)
-            axes[0].set_ylabel("best loss decrease over the lr grid (loss units)")
-            fig.suptitle(title)
-            path = save(fig, out_dir / f"best-{slug(title)}.png")
+            canvas.axes[0].set_ylabel("best loss decrease over the lr grid (loss units)")
+            path = canvas.save(out_dir / f"best-{slug(title)}.png", title, "estimator config")
             caption = (
                 f"{lines} lines (estimator configs) against {name} in {{{', '.join(format_value(s) for s in sizes)}}}."
                 f" Each point: the mean loss decrease (over seeds and batches) at that config's best lr, the best lr"
@@ -192,7 +188,7 @@ def cosine_figures(data: ResultsData, table: pd.DataFrame, out_dir: Path) -> lis
     """A heatmap of the mean cosine (estimator configs by layer) per (setting, reference)."""
     cosine = data.records("cosine")
     configs = data.configs(cosine)
-    joined = table.join(configs, on="config", how="inner", rsuffix="_cfg")
+    joined = table.drop(columns=["cells", "seeds"]).join(configs, on="config", how="inner")
     fig_cols = data.setting_columns + ["reference"]
     layer_seen = list(dict.fromkeys(cosine["layer"].dropna()))
     out = []
@@ -202,22 +198,23 @@ def cosine_figures(data: ResultsData, table: pd.DataFrame, out_dir: Path) -> lis
         title = f"cosine to {reference}" + (f" - {where}" if where else "")
         panel_labels = _panel_order(group["pretrain_label"])
         layers = _layer_order([layer for layer in layer_seen if layer in set(group["layer"])])
-        heights = [group[group["pretrain_label"] == p]["estimator_label"].nunique() for p in panel_labels]
-        fig, axes = panels(
-            len(panel_labels), width=max(4.5, 1.0 * len(layers) + 3.5), height=max(3.0, 0.38 * max(heights) + 1.8),
-            sharey=False,
+        # One row per estimator config, in config order, the same rows in every panel.
+        rows = list(dict.fromkeys(group.sort_values("config")["estimator_label"]))
+        canvas = panels(
+            len(panel_labels), panel=max(2.5, 0.8 * len(layers)), height=max(3.0, 0.3 * len(rows) + 1.7),
+            left=0.3 + 0.065 * max(len(r) for r in rows), bottom=1.0,
         )
         image = None
-        for ax, panel in zip(axes, panel_labels):
+        for ax, panel in zip(canvas.axes, panel_labels):
             members = group[group["pretrain_label"] == panel]
             grid = members.pivot_table(index="estimator_label", columns="layer", values="mean", aggfunc="mean")
-            grid = grid.reindex(columns=[layer for layer in layers if layer in grid.columns])
+            grid = grid.reindex(index=rows, columns=layers)
             values = grid.to_numpy(dtype=float)
             image = ax.imshow(values, cmap="RdBu", vmin=-1.0, vmax=1.0, aspect="auto")
-            ax.set_xticks(range(len(grid.columns)))
-            ax.set_xticklabels(grid.columns, rotation=30, ha="right")
-            ax.set_yticks(range(len(grid.index)))
-            ax.set_yticklabels(grid.index, fontsize="small")
+            ax.set_xticks(range(len(layers)))
+            ax.set_xticklabels(layers, rotation=30, ha="right")
+            ax.set_yticks(range(len(rows)))
+            ax.set_yticklabels(rows, fontsize="small")
             if values.size <= 300:
                 for (i, j), v in np.ndenumerate(values):
                     if not np.isnan(v):
@@ -226,9 +223,8 @@ def cosine_figures(data: ResultsData, table: pd.DataFrame, out_dir: Path) -> lis
             ax.set_xlabel("layer ('all': every estimated parameter)")
             ax.set_title(f"{panel} ({_counts(members.set_index('config'), data, cosine)})", fontsize="medium")
         if image is not None:
-            fig.colorbar(image, ax=axes, label="cosine similarity (mean over seeds and batches)", shrink=0.9)
-        fig.suptitle(title)
-        path = save(fig, out_dir / f"cosine-{slug(title)}.png")
+            canvas.colorbar(image, "cosine (mean over seeds, batches)")
+        path = canvas.save(out_dir / f"cosine-{slug(title)}.png", title)
         caption = (
             f"Mean cosine similarity between each estimator config's gradient (rows, {group['config'].nunique()} configs)"
             f" and the reference {reference}, per layer (columns; 'all' = all estimated parameters together),"
