@@ -44,13 +44,16 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     text = make_spec(args.seeds)
-    best = float("inf")
+    best = best_cpu = float("inf")
     for _ in range(args.repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         sweep = load_spec(text)
         best = min(best, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
     n = len(sweep.cells)
-    print(f"load_spec: {n:,} cells in {best:.2f} s (best of {args.repeat}) = {n / best:,.0f} cells/s")
+    # CPU time is the figure to compare on a shared machine; wall time is what a user waits.
+    print(f"load_spec: {n:,} cells in {best:.2f} s wall, {best_cpu:.2f} s CPU (best of {args.repeat}) "
+          f"= {n / best:,.0f} cells/s wall, {n / best_cpu:,.0f} cells/s CPU")
 
 
 if __name__ == "__main__":

@@ -120,6 +120,10 @@ BAD_SPECS = {
         "name: demo\nproblem: {kind: toy_mlp}\nestimator: cdg\nseeds: {arange: [5, 0, 1]}\n",
         r"seeds: expected a list of integers and ranges .*arange \[5, 0, 1\] makes no values",
     ),
+    "zipped parameter that never applies": (
+        "name: demo\nproblem: {kind: toy_mlp}\nestimator:\n  kind: ste\n  variant: steep2\n  zip: {threshold: [0.5, 1]}\n",
+        r"line 6: estimator.threshold: does not apply here: it applies only when variant is clipped \(here: steep2\)",
+    ),
     "grid on a sweep key": (
         "name: demo\nproblem: {kind: toy_mlp}\nestimator: cdg\nresources: {grid: [{cpu: 1}, {cpu: 2}]}\n",
         r"line 4: resources: one value expected here, not a grid",
@@ -175,6 +179,12 @@ def test_every_problem_is_reported_at_once_with_lines() -> None:
     ]
     assert str(err).startswith("demo.yaml: invalid spec: 4 problems")
     assert "did you mean 'activation'?" in str(err)
+
+
+def test_bad_seeds_do_not_hide_other_problems() -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec("name: demo\nproblem: {kind: toy_mlp, dim: 0}\nestimator: cdg\nseeds: [a]\n")
+    assert {i.path for i in info.value.issues} == {"seeds", "problem.dim"}
 
 
 def test_a_typo_never_becomes_a_default() -> None:

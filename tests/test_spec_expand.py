@@ -147,6 +147,16 @@ def test_zip_pairs_the_keys() -> None:
     ]
 
 
+def test_zip_may_pair_whole_top_level_sections() -> None:
+    cells = expand({"name": "t", "zip": {
+        "problem": [{"kind": "toy_mlp", "dim": 8}, {"kind": "toy_mlp", "dim": 64}],
+        "estimator": [{"kind": "nes", "samples": 100}, [{"kind": "nes", "samples": 1000}, {"kind": "cdg"}]],
+    }})
+    assert sorted((c.config["problem"]["dim"], c.config["estimator"]["kind"]) for c in cells) == [
+        (8, "nes"), (64, "cdg"), (64, "nes"),
+    ]
+
+
 def test_seeds_are_crossed_with_everything() -> None:
     cells = expand(base(estimator=[{"kind": "cdg"}, {"kind": "ste"}], seeds=[3, 7]))
     assert sorted((c.config["estimator"]["kind"], c.config["seed"]) for c in cells) == [

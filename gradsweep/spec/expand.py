@@ -27,7 +27,7 @@ from gradsweep import catalog
 from gradsweep.spec.canonical import SWEEP_CELL, resolve_dtype
 from gradsweep.spec.errors import Issue, SpecError
 from gradsweep.spec.validate import _MISSING, Context, _dumps, _got, count_node, expand_group, expand_node
-from gradsweep.spec.yamlload import MarkedDict, line_of, load_yaml
+from gradsweep.spec.yamlload import line_of, load_yaml
 
 __all__ = ["Cell", "Sweep", "load_spec", "expand", "count_cells", "MAX_CELLS"]
 
@@ -121,29 +121,16 @@ def _expand_gc_off(raw: Any, ctx: Context) -> tuple[dict[str, Any], list[Cell]]:
         ctx.cap = 1000  # still check every key, without crossing the grids
 
     header = _structural(raw, ctx)
-    if "seed" in raw:
-        ctx.add("seed", "unknown key 'seed'; did you mean 'seeds'? (a list of seeds)", line_of(raw, "seed"))
-    body = {k: v for k, v in raw.items() if k not in _SWEEP_KEYS and k != "seed"}
-    if hasattr(raw, "lines"):
-        body = _keep_lines(raw, body)
     seeds = header.get("seeds")
-    seed_factor = [{"seed": (s, _dumps(s))} for s in dict.fromkeys(seeds or [])]
-    if not seed_factor:
-        return header, []
-    alts = expand_group(SWEEP_CELL, body, "", getattr(raw, "line", None), ctx,
+    # With bad seeds, seed 0 stands in so that the rest of the spec is still checked.
+    seed_factor = [{"seed": (s, _dumps(s))} for s in dict.fromkeys(seeds or [0])]
+    alts = expand_group(SWEEP_CELL, raw, "", getattr(raw, "line", None), ctx, skip=set(_SWEEP_KEYS),
                         factors=[seed_factor], resolve=resolve_dtype, what="a spec")
     if ctx.issues:
         return header, []
     resources = header.get("resources") or {}
     cells = [Cell(hashlib.sha256(text.encode()).hexdigest()[:16], value, resources) for value, text in alts]
     return header, cells
-
-
-def _keep_lines(raw: Any, body: dict[str, Any]) -> MarkedDict:
-    out = MarkedDict(body)
-    out.line = raw.line
-    out.lines = {k: raw.lines[k] for k in body if k in raw.lines}
-    return out
 
 
 def expand(raw: Mapping[str, Any]) -> list[Cell]:

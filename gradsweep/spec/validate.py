@@ -12,7 +12,7 @@ its entries'. The canonical JSON of a group is built from its children's texts, 
 Problems are collected, not raised one by one: each names its key path, its line and what was
 expected, and :class:`SpecError` carries them all.
 
-Rules beyond types (documented in docs/spec.md):
+Rules beyond types:
 
 - a parameter set explicitly must apply to at least one of the values it is crossed with
   (``threshold`` with ``variant: {grid: [clipped, steep2]}`` is used for ``clipped`` and absent for
@@ -175,13 +175,14 @@ def _to_float(value: Any) -> float:
     return out + 0.0  # -0.0 -> 0.0
 
 
-def _check_bounds(p: Param, x: float) -> None:
+def _check_bounds(p: Param, x: float, raw: Any = None) -> None:
+    shown = raw if isinstance(raw, (int, float)) and not isinstance(raw, bool) else x
     if p.low is not None and (x < p.low or (p.low_open and x == p.low)):
-        raise _Bad(f"got {x!r}")
+        raise _Bad(f"got {shown!r}")
     if p.high is not None and x > p.high:
-        raise _Bad(f"got {x!r}")
+        raise _Bad(f"got {shown!r}")
     if p.even and int(x) % 2:
-        raise _Bad(f"got odd {x!r}")
+        raise _Bad(f"got odd {shown!r}")
 
 
 def _clean(x: float) -> float:
@@ -267,11 +268,11 @@ def validate_value(p: Param, raw: Any) -> Any:
     t = p.type
     if t == "int":
         x = _to_int(raw)
-        _check_bounds(p, x)
+        _check_bounds(p, x, raw)
         return x
     if t == "float":
         x = _to_float(raw)
-        _check_bounds(p, x)
+        _check_bounds(p, x, raw)
         return x
     if t == "bool":
         if not isinstance(raw, bool):
@@ -290,7 +291,7 @@ def validate_value(p: Param, raw: Any) -> Any:
 
         def item(v: Any) -> Any:
             x = convert(v)
-            _check_bounds(p, x)
+            _check_bounds(p, x, v)
             return x
 
         return _list_of(raw, item, ranges=True)
@@ -511,12 +512,13 @@ def expand_group(
         if key == "zip" and "zip" not in fields:
             continue
         if key not in fields:
-            valid = ", ".join(fields) or "none"
+            names = [*fields, *sorted(k for k in skip if isinstance(k, str))]
+            valid = ", ".join(names) or "none"
             where = f" for {what}" if what else ""
             if key in elsewhere:
                 head = f"{key!r} does not apply to {what} (it is a parameter of {', '.join(elsewhere[key])})"
             else:
-                head = f"unknown key {key!r}{_suggest(key, fields)}"
+                head = f"unknown key {key!r}{_suggest(key, names)}"
             ctx.add(_join(path, key), f"{head} (valid keys{where}: {valid})", line_of(raw, key))
             ok = False
         else:
@@ -532,6 +534,9 @@ def expand_group(
         else:
             zipped = set(bundle[0]) if bundle else set()
             outer.append(bundle)
+    explicit_lines = dict(given_lines)
+    if isinstance(zip_raw, Mapping):
+        explicit_lines.update({k: line_of(zip_raw, k) for k in zip_raw if k in fields})
 
     for key, child in fields.items():
         if key in zipped:
@@ -544,7 +549,7 @@ def expand_group(
     if not ok:
         return []
 
-    return _combine(group, outer, dict(fixed or {}), given_lines, path, line, ctx, resolve)
+    return _combine(group, outer, dict(fixed or {}), explicit_lines, path, line, ctx, resolve)
 
 
 def _single(getter_indices: Sequence[int]) -> Callable[[Sequence[Any]], tuple]:
@@ -651,9 +656,8 @@ def _combine(
         prepared.append([(tuple(a[k][0] for k in fk), tuple(head(k) + a[k][1] for k in fk)) for a in factor])
     f_combos: list[tuple[tuple, tuple]] = [((), ())]
     for factor in prepared:
-        f_combos = [(v + fv, p + fp) for v, p in f_combos for fv, fp in factor]
-        if ctx.cap is not None:
-            f_combos = f_combos[: ctx.cap]
+        crossed = ((v + fv, p + fp) for v, p in f_combos for fv, fp in factor)
+        f_combos = list(crossed if ctx.cap is None else itertools.islice(crossed, ctx.cap))
 
     out: list[Alt] = []
     for keys, values, parts in heads_done:
