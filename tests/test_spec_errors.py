@@ -221,3 +221,7 @@ def test_too_large_grid_is_counted_without_expanding() -> None:
 def test_missing_file_is_a_spec_error(tmp_path) -> None:
     with pytest.raises(SpecError, match="cannot read the spec"):
         load_spec(tmp_path / "absent.yaml")
+    with pytest.raises(SpecError, match="cannot read the spec"):
+        load_spec(str(tmp_path / "absent.yml"))
+    with pytest.raises(SpecError, match="no spec file 'specs/absent'"):
+        load_spec("specs/absent")

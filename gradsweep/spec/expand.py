@@ -26,7 +26,9 @@ from typing import Any, Mapping
 from gradsweep import catalog
 from gradsweep.spec.canonical import SWEEP_CELL, resolve_dtype
 from gradsweep.spec.errors import Issue, SpecError
-from gradsweep.spec.validate import _MISSING, Context, _dumps, _got, count_node, expand_group, expand_node
+from gradsweep.spec.validate import (
+    _MISSING, Context, _Bad, _dumps, _got, count_node, expand_group, expand_node, range_length,
+)
 from gradsweep.spec.yamlload import line_of, load_yaml
 
 __all__ = ["Cell", "Sweep", "load_spec", "expand", "count_cells", "MAX_CELLS"]
@@ -84,8 +86,6 @@ def count_cells(raw: Mapping[str, Any]) -> int:
     seeds = raw.get("seeds", [0])
     n_seeds = 1
     try:
-        from gradsweep.spec.validate import _Bad, range_length
-
         if isinstance(seeds, list):
             n_seeds = max(1, len(seeds))
         elif isinstance(seeds, Mapping) and len(seeds) == 1:
@@ -165,6 +165,9 @@ def load_spec(path_or_text: str | os.PathLike[str], *, source: str | None = None
         text = str(path_or_text)
     source = source or (str(path) if path else None)
     raw = load_yaml(text, source=source)
+    if path is None and isinstance(raw, str) and "\n" not in text.strip():
+        raise SpecError([Issue("", f"no spec file {text.strip()!r} (and the text is not a YAML mapping)")],
+                        source=source)
     ctx = Context()
     header, cells = _expand(raw, ctx)
     ctx.raise_if_any(source)
