@@ -5,7 +5,8 @@ One cell trains the problem's point from where the problem puts it (raw or pretr
 drawn from the cell seed and the step index with ``step.batches: fresh``, else the probe batches
 in turn), ``g`` is normalised to unit L2 norm over all estimated layers when ``step.normalize``,
 and the optimizer (``sgd``, ``momentum``, ``adam``) applies it at the lr in force (``step.decay``
-multiplies lr, and the estimator's ``epsilon``/``sigma`` when listed in ``applies_to``).
+multiplies lr, and the estimator's ``epsilon``/``sigma`` when listed in ``applies_to``, on the
+descent experiment's schedule: :func:`gradsweep.experiments.descent.decays_before`).
 
 Every ``step.log_every`` steps, and at the first and last step, a row ``record = "train"`` logs
 ``step``, ``loss`` (the plain-forward loss averaged over the probe batches, the same data for every
@@ -29,19 +30,10 @@ import torch
 from gradsweep import catalog
 from gradsweep.estimators import Estimator, get
 from gradsweep.experiments import GeneratorFor, estimator_seed, normalized, timed_estimate
+from gradsweep.experiments.descent import DECAYABLE, decays_before
 from gradsweep.problems.base import Batch, Point, Problem
 
-__all__ = ["run", "decay_count", "fresh_batch"]
-
-DECAYABLE = ("lr", "epsilon", "sigma")
-
-
-def decay_count(step: int, decay: Mapping[str, Any] | None) -> int:
-    """How many decays are in force at ``step``: the first at ``after``, then one per ``every``."""
-    if not decay or step < decay["after"]:
-        return 0
-    return (step - decay["after"]) // decay["every"] + 1
-
+__all__ = ["run", "fresh_batch"]
 
 def fresh_batch(problem: Problem, step: int) -> Batch:
     """Training batch ``step`` for ``step.batches: fresh``, drawn from the problem's seed.
@@ -122,7 +114,7 @@ def run(
     rows: list[dict[str, Any]] = []
     seconds, grad_norm = 0.0, None
     for step in range(steps + 1):
-        factor = step_cfg["decay"]["factor"] ** decay_count(step, decay) if decay else 1.0
+        factor = decay["factor"] ** decays_before(step, every=decay["every"], after=decay["after"]) if decay else 1.0
         lr = lr0 * factor if "lr" in applies_to else lr0
         if step % log_every == 0 or step == steps:
             loss, accuracy = _evaluate(problem, point, probe_batches)
