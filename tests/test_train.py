@@ -87,3 +87,17 @@ def test_bad_decay_target_names_the_key():
     decay = {"factor": 0.5, "every": 10, "after": 0, "applies_to": ["momentum"]}
     with pytest.raises(ValueError, match="step.decay.applies_to.*momentum"):
         run(toy(), decay=decay)
+
+
+def test_run_cell_dispatches_a_train_cell():
+    from gradsweep.cell import run_cell
+
+    rows = run_cell({
+        "experiment": "train",
+        "problem": {"kind": "toy_mlp", "dim": 4, "data": {"batch_size": 256, "batches": 1}},
+        "estimator": {"kind": "sr_ste", "samples": 2},
+        "step": {"steps": 4, "log_every": 2, "optimizer": "momentum"},
+        "device": "cpu",
+    })
+    assert rows["record"].tolist() == ["train"] * 3 and rows["step"].tolist() == [0, 2, 4]
+    assert (rows["estimator"] == "sr_ste").all() and rows["loss"].notna().all()
