@@ -85,7 +85,7 @@ class Failure:
 
 def format_value(value: Any) -> str:
     """A parameter value as a reader writes it: ``0.1``, ``1e-05``, ``500``, ``true``, ``null``."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _is_null(value):
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -107,11 +107,14 @@ def short_name(column: str) -> str:
     return column
 
 
-def describe(values: Mapping[str, Any], columns: Iterable[str], *, strip: str = "") -> str:
+def describe(values: Mapping[str, Any], columns: Iterable[str], *, strip: str = "", skip_null: bool = False) -> str:
     """``"dim=8, activation=binary"`` for the given columns of one config (``strip`` removes a
-    further prefix from the names, e.g. ``"pretrain."``)."""
+    further prefix from the names, e.g. ``"pretrain."``; ``skip_null`` leaves out parameters
+    that do not apply)."""
     parts = []
     for column in columns:
+        if skip_null and _is_null(values[column]):
+            continue
         name = short_name(column)
         if strip and name.startswith(strip):
             name = name[len(strip):]
@@ -120,13 +123,21 @@ def describe(values: Mapping[str, Any], columns: Iterable[str], *, strip: str = 
 
 
 def _is_null(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    """None, NaN or pandas.NA (whatever a null Parquet value became)."""
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
-def varying(frame: pd.DataFrame, columns: Iterable[str]) -> list[str]:
-    """The columns (in the given order) that take more than one value in ``frame`` (null counts
-    as a value, so raw-vs-pretrained is a variation of ``problem.pretrain.steps``)."""
-    return [c for c in columns if c in frame.columns and frame[c].nunique(dropna=False) > 1]
+def varying(frame: pd.DataFrame, columns: Iterable[str], *, null_is_value: bool = True) -> list[str]:
+    """The columns (in the given order) that take more than one value in ``frame``.
+
+    By default null counts as a value (raw vs pretrained is a variation of
+    ``problem.pretrain.steps``). ``null_is_value=False`` is for estimator parameters, which are
+    null exactly where they do not apply (``threshold`` for a ``polynomial`` STE): the variant
+    already tells those apart, so only differences between set values count.
+    """
+    return [
+        c for c in columns if c in frame.columns and frame[c].nunique(dropna=not null_is_value) > 1
+    ]
 
 
 @dataclass
@@ -207,9 +218,10 @@ def _palette_labels(cells: pd.DataFrame) -> None:
     if "estimator.kind" in cells.columns:
         for kind, group in cells.groupby("estimator.kind", dropna=False, sort=False):
             name = KIND_NAMES.get(kind, str(kind)) if not _is_null(kind) else "estimator"
-            cols = varying(group, est_cols)
+            cols = varying(group, est_cols, null_is_value=False)
             for cell_id, row in group.iterrows():
-                labels[cell_id] = f"{name}({describe(row, cols)})" if cols else name
+                text = describe(row, cols, skip_null=True)
+                labels[cell_id] = f"{name}({text})" if text else name
     cells["estimator_label"] = labels
     pre_cols = [c for c in cells.columns if c.startswith(PRETRAIN_PREFIX)]
     pre = pd.Series("raw", index=cells.index, dtype=object)

@@ -4,6 +4,7 @@ only files that exist, partial folders, bad input, and no torch or Ray on the im
 from __future__ import annotations
 
 import argparse
+import io
 import re
 import subprocess
 import sys
@@ -137,7 +138,8 @@ def test_a_broken_section_is_reported_and_the_others_still_drawn(tmp_path: Path,
 
 def test_module_entry_point_renders_without_torch_or_ray(tmp_path: Path) -> None:
     folder = tmp_path / "qs"
-    quickstart_like(folder, seeds=(0,))
+    # With the spec stored, the report also expands it (gradsweep.spec must stay torch-free).
+    quickstart_like(folder, seeds=(0,), spec_text=(ROOT / "specs" / "quickstart.yaml").read_text())
     code = (
         "import sys, runpy\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
@@ -152,3 +154,34 @@ def test_module_entry_point_renders_without_torch_or_ray(tmp_path: Path) -> None
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "clean" in out.stdout and (tmp_path / "rep" / "index.html").is_file()
+    assert "The spec expands to 20 cells" in (tmp_path / "rep" / "index.html").read_text()
+
+
+def test_quickstart_spec_run_in_process_then_reported(tmp_path: Path) -> None:
+    """The real thing at a reduced size: specs/quickstart.yaml (one seed, small batches, 20 NES
+    samples) through the runner's in-process executor, then the report."""
+    yaml = pytest.importorskip("yaml")
+    runner = pytest.importorskip("gradsweep.runner")
+    from gradsweep.executors.local import LocalExecutor
+    from gradsweep.spec import load_spec
+
+    spec = yaml.safe_load((ROOT / "specs" / "quickstart.yaml").read_text())
+    spec["problem"]["data"] = {"batch_size": 64, "batches": 2}
+    spec["estimator"][1]["samples"] = 20
+    spec["seeds"] = [0]
+    sweep = load_spec(yaml.safe_dump(spec), source="quickstart (reduced)")
+    result = runner.run(sweep, tmp_path, LocalExecutor(), stream=io.StringIO())
+    assert result.exit_code == 0
+    report = build_report(tmp_path / sweep.name)
+    assert not report.errors and report.data.missing_cell_ids == [] and not report.data.failures
+    names = [f.path.name for s in report.sections for f in s.figures]
+    # (CDG, NES, STE) x 2 dims, best-vs-dim, a cosine heatmap per dim
+    assert sum(n.startswith("lr-") for n in names) == 6
+    assert sum(n.startswith("best-") for n in names) == 1
+    assert sum(n.startswith("cosine-") for n in names) == 2
+    assert len(report.summary) == len(sweep.cells) == 10
+    assert set(report.summary["estimator_label"]) == {
+        "CDG(epsilon=0.1)", "CDG(epsilon=0.01)", "NES", "STE(variant=clipped)", "STE(variant=polynomial)",
+    }
+    assert report.summary["best_mean"].notna().all()
+    assert "The spec expands to 10 cells; all have results." in report.index.read_text()

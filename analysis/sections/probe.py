@@ -87,7 +87,7 @@ def lr_figures(data: ResultsData, curves: pd.DataFrame, out_dir: Path, palette: 
         head = kind if samples is None or pd.isna(samples) else f"{kind} ({format_value(samples)} samples)"
         where = _title_part(key, configs, title_cols)
         title = f"{head}: loss decrease vs lr" + (f" - {where}" if where else "")
-        varied = varying(group, curve_cols)
+        varied = varying(group, curve_cols, null_is_value=False)
         varied_names = ", ".join(short_name(c) for c in varied) or "none"
         panel_labels = _panel_order(group["pretrain_label"])
         canvas = panels(len(panel_labels))
@@ -202,7 +202,7 @@ def cosine_figures(data: ResultsData, table: pd.DataFrame, out_dir: Path) -> lis
         rows = list(dict.fromkeys(group.sort_values("config")["estimator_label"]))
         canvas = panels(
             len(panel_labels), panel=max(2.5, 0.8 * len(layers)), height=max(3.0, 0.3 * len(rows) + 1.7),
-            left=0.3 + 0.065 * max(len(r) for r in rows), bottom=1.0,
+            left=0.3 + 0.065 * max(len(r) for r in rows), bottom=0.85,
         )
         image = None
         for ax, panel in zip(canvas.axes, panel_labels):
