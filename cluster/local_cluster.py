@@ -180,14 +180,27 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _get_json(url: str, timeout: float = 5.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (local URL)
+def local_token() -> str | None:
+    """The Ray auth token this machine would use: $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _get_json(url: str, *, token: str | None = None, timeout: float = 5.0) -> Any:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 (local URL)
         return json.loads(resp.read().decode())
 
 
-def alive_nodes(dashboard_url: str) -> list[dict[str, Any]]:
+def alive_nodes(dashboard_url: str, *, auth: str = "disabled") -> list[dict[str, Any]]:
     """The cluster's ALIVE nodes as the dashboard's state API lists them."""
-    data = _get_json(f"{dashboard_url}/api/v0/nodes?limit=1000&detail=1")
+    token = local_token() if auth == "token" else None
+    data = _get_json(f"{dashboard_url}/api/v0/nodes?limit=1000&detail=1", token=token)
     nodes = data.get("data", {}).get("result", {}).get("result", [])
     return [n for n in nodes if n.get("state") == "ALIVE"]
 
@@ -214,6 +227,7 @@ def start(
     *,
     base_port: int = 26400,
     head: dict[str, Any] | None = None,
+    auth: str | None = None,
     timeout: float = 120.0,
 ) -> dict[str, Any]:
     """Start a head (no task CPUs by default) and one node per entry of ``workers``; wait until all are alive.
@@ -221,6 +235,10 @@ def start(
     Returns the state (also written to ``<state_dir>/cluster.json``): the GCS address, the
     dashboard URL (for ``gradsweep submit --address``) and every node's pid. On failure, the
     nodes already started are stopped before the error is raised.
+
+    ``auth`` is Ray's ``RAY_AUTH_MODE`` for the nodes: ``token`` (clients then need
+    ``RAY_AUTH_MODE=token`` and the token of :func:`local_token`) or ``disabled``; by default
+    ``token`` when this machine has a token, as Ray itself decides.
     """
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -244,6 +262,13 @@ def start(
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")  # nothing to drain locally
     env.pop("RAY_ADDRESS", None)
+    if auth is None:
+        auth = "token" if local_token() else "disabled"
+    if auth not in ("token", "disabled"):
+        raise ClusterError(f"--auth: expected 'token' or 'disabled', got {auth!r}")
+    if auth == "token" and not local_token():
+        raise ClusterError("--auth token: no token here; create one with 'ray get-auth-token --generate'")
+    env["RAY_AUTH_MODE"] = auth
 
     gcs_address = f"127.0.0.1:{base_port + HEAD_PORTS['port']}"
     dashboard_url = f"http://127.0.0.1:{base_port + HEAD_PORTS['dashboard-port']}"
@@ -252,6 +277,7 @@ def start(
         "dashboard_url": dashboard_url,
         "temp_dir": temp_dir,
         "base_port": base_port,
+        "auth": auth,
         "nodes": [],
     }
     specs = [("head", head or {"cpus": 0, "gpus": 0, "resources": {}})]
@@ -288,7 +314,7 @@ def _wait_for_nodes(state: dict[str, Any], *, expected: int, timeout: float, pro
             tail = log.read_text(errors="replace")[-3000:]
             raise ClusterError(f"'ray start' exited with code {proc.returncode}; its log ({log}) ends:\n{tail}")
         try:
-            if len(alive_nodes(state["dashboard_url"])) >= expected:
+            if len(alive_nodes(state["dashboard_url"], auth=state["auth"])) >= expected:
                 return
         except Exception as exc:  # the dashboard is not up yet
             last_error = exc
@@ -356,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker-spec", default="cpus=1", help="the spec of each of --workers N nodes")
     p.add_argument("--base-port", type=int, default=26400, help="first of the ~1000 ports the cluster uses")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each node")
+    p.add_argument("--auth", choices=("token", "disabled"), default=None,
+                   help="Ray token authentication (default: token when ~/.ray/auth_token or $RAY_AUTH_TOKEN exists)")
     for name, helptext in (("stop", "stop every node this cluster started"), ("address", "print the dashboard URL"),
                            ("status", "print the nodes and whether Ray sees them alive")):
         q = sub.add_parser(name, help=helptext)
@@ -370,8 +398,10 @@ def main(argv: list[str] | None = None) -> int:
             workers += [parse_node_spec(args.worker_spec)] * (args.workers or 0)
             if not workers:
                 workers = [parse_node_spec("cpus=1")]
-            state = start(args.state, workers, base_port=args.base_port, timeout=args.timeout)
+            state = start(args.state, workers, base_port=args.base_port, auth=args.auth, timeout=args.timeout)
             print(f"started {len(state['nodes'])} nodes; submit with --address {state['dashboard_url']}")
+            if state["auth"] == "token":
+                print("token authentication is on: export RAY_AUTH_MODE=token before 'gradsweep submit'")
         elif args.command == "stop":
             stop(args.state)
         elif args.command == "address":
@@ -380,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"killed {kill_node(args.state, args.name)} processes of {args.name}")
         elif args.command == "status":
             state = _load_state(Path(args.state))
-            alive = alive_nodes(state["dashboard_url"])
+            alive = alive_nodes(state["dashboard_url"], auth=state.get("auth", "disabled"))
             print(f"{state['dashboard_url']}: {len(alive)} node(s) alive")
             for node in state["nodes"]:
                 running = bool(_tree(node["pid"], node.get("created")))

@@ -520,14 +520,17 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pip", action="append", default=[], metavar="REQ",
                         help="a pip requirement to install for the job (repeatable)")
     parser.add_argument("--follow", action="store_true", help="print the job's output until it ends")
-    parser.add_argument("run_args", nargs=argparse.REMAINDER,
-                        help="after '--': options passed on to 'gradsweep run' in the job")
+    parser.add_argument("--run-args", default="", metavar="'OPTIONS'",
+                        help="options passed on to 'gradsweep run' in the job, quoted as one string, "
+                             "e.g. --run-args '--max-retries 5 --chunk-size 1'")
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """``gradsweep submit``: print the job id and return (or follow the job with ``--follow``)."""
     extra = _load_mapping(args.runtime_env) if args.runtime_env else None
-    run_args = [a for a in (args.run_args or []) if a != "--"]
+    import shlex
+
+    run_args = shlex.split(args.run_args or "")
     sub = submit(args.spec, address=args.address, results=args.results, runtime_env=extra, pip=args.pip,
                  run_args=run_args)
     print(sub.job_id)
