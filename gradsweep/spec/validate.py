@@ -235,7 +235,8 @@ def _range_values(raw: Mapping) -> list[float]:
     return [_clean(v) for v in values]
 
 
-def _list_of(raw: Any, convert: Callable[[Any], Any], *, ranges: bool = False) -> list:
+def _list_of(raw: Any, convert: Callable[[Any], Any], *, ranges: bool = False,
+             checked: Callable[[float], None] | None = None) -> list:
     """A list of converted items. With ``ranges``, range mappings may stand for the whole list
     or for some of its items (``[{logspace: [-5, 0, 6]}, {arange: [0.01, 1, 0.02]}]``): they are
     expanded in place and a value already present is not repeated."""
@@ -245,13 +246,24 @@ def _list_of(raw: Any, convert: Callable[[Any], Any], *, ranges: bool = False) -
         raise _Bad(f"got {_got(raw)}")
     if not raw:
         raise _Bad("got an empty list")
+    if convert is _to_float and set(map(type, raw)) == {float} and all(map(math.isfinite, raw)):
+        # the fast path for long lists already in canonical form (a 50,000-lr scan)
+        out = [v + 0.0 for v in raw]
+        if checked is not None:
+            for v in out:
+                checked(v)
+        return list(dict.fromkeys(out)) if ranges else out
     out = []
     for i, item in enumerate(raw):
         try:
             if ranges and isinstance(item, Mapping):
-                out += [convert(v) for v in _range_values(item)]
+                values = [convert(v) for v in _range_values(item)]
             else:
-                out.append(convert(item))
+                values = [convert(item)]
+            if checked is not None:
+                for x in values:
+                    checked(x)
+            out += values
         except _Bad as exc:
             raise _Bad(f"item {i}: {exc}" if len(raw) > 1 else str(exc)) from None
         if len(out) > MAX_LIST:
@@ -289,11 +301,17 @@ def validate_value(p: Param, raw: Any) -> Any:
     if t in ("number_list", "int_list"):
         convert = _to_float if t == "number_list" else _to_int
 
+        bounded = p.low is not None or p.high is not None or p.even
+
         def item(v: Any) -> Any:
             x = convert(v)
-            _check_bounds(p, x, v)
+            if bounded:
+                _check_bounds(p, x, v)
             return x
 
+        if t == "number_list":
+            return _list_of(raw, _to_float, ranges=True,
+                            checked=(lambda x: _check_bounds(p, x)) if bounded else None)
         return _list_of(raw, item, ranges=True)
     if t in ("str_list", "layers"):
         if t == "layers" and raw == "all":
