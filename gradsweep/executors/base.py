@@ -13,8 +13,10 @@ It also applies the debugging hooks of :class:`FaultHooks` (``docs/results.md``)
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import socket
+import sys
 import time
 import traceback
 from abc import ABC, abstractmethod
@@ -65,7 +67,9 @@ class FaultHooks:
     - ``GRADSWEEP_CELL_DELAY=<seconds>``: every cell sleeps first (counted in ``cell_seconds``;
       makes a sweep slow enough to interrupt, or cells of a known length);
     - ``GRADSWEEP_PID_DIR=<folder>``: every cell writes ``<folder>/<cell_id>.pid`` with the pid of
-      the process running it (to kill a worker mid-cell).
+      the process running it (to kill a worker mid-cell), and ``<folder>/<cell_id>.json`` with where
+      it runs: ``pid``, ``started`` (epoch seconds), ``cuda_visible_devices`` and, on a Ray worker,
+      ``node_id`` and ``gpu_ids`` (the GPUs Ray assigned; to check placement on a cluster).
 
     They travel to the workers as an argument of each task, so they reach remote nodes too.
     """
@@ -94,10 +98,23 @@ class FaultHooks:
             with open(tmp, "w") as f:
                 f.write(str(os.getpid()))
             os.replace(tmp, os.path.join(self.pid_dir, f"{cell_id}.pid"))
+            where = {"pid": os.getpid(), "started": time.time(),
+                     "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), **_ray_placement()}
+            with open(tmp, "w") as f:
+                json.dump(where, f)
+            os.replace(tmp, os.path.join(self.pid_dir, f"{cell_id}.json"))
         if self.delay:
             time.sleep(self.delay)
         if cell_id in self.fail_cells:
             raise RuntimeError(f"GRADSWEEP_FAIL_CELLS: injected failure in cell {cell_id}")
+
+
+def _ray_placement() -> dict[str, Any]:
+    """The Ray node and assigned GPU ids of this process, when it is a Ray worker (Ray is not imported here)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return {}
+    return {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
 
 def resolve_function(path: str) -> Callable[..., Any]:
