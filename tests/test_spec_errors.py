@@ -42,6 +42,10 @@ BAD_SPECS = {
         "name: demo\nproblem: {kind: toy_mlp}\nestimator: {kind: ste, variant: steep3}\n",
         r"estimator.variant: expected one of identity, clipped, steep2, polynomial, swish_sign, got 'steep3'",
     ),
+    "key of no kind in a grid of kinds": (
+        "name: demo\nproblem: {kind: toy_mlp}\nestimator: {kind: {grid: [cdg, nes]}, epsilom: 0.5}\n",
+        r"estimator.epsilom: unknown key 'epsilom'; did you mean 'epsilon'\? \(valid keys for any of cdg, nes: ",
+    ),
     "missing kind": ("name: demo\nproblem: {dim: 8}\nestimator: cdg\n", r"problem: missing 'kind': expected one of toy_mlp"),
     "missing required": ("name: demo\nproblem: {kind: toy_mlp}\n", r"estimator: required: expected a mapping with kind"),
     "missing name": ("problem: {kind: toy_mlp}\nestimator: cdg\n", r"name: required: expected a string matching"),

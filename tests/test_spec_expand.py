@@ -127,6 +127,11 @@ def test_a_parameter_applies_where_its_condition_holds() -> None:
     ]
 
 
+def test_a_key_of_one_kind_in_a_grid_of_kinds_applies_to_that_kind() -> None:
+    cells = expand(base(estimator={"kind": {"grid": ["cdg", "nes"]}, "epsilon": 0.5}))
+    assert sorted(c.config["estimator"].get("epsilon", 0) for c in cells) == [0, 0.5]
+
+
 def test_ranges_expand_to_plain_lists() -> None:
     def lrs(spec: dict) -> list[float]:
         return expand(base(measure={"lrs": spec}))[0].config["measure"]["lrs"]

@@ -470,16 +470,24 @@ def _expand_entry(u: Union, raw: Any, path: str, line: int | None, ctx: Context)
     known = set().union(*(u.kinds[k].fields for k in kinds))
     elsewhere = {key: [name for name, g in u.kinds.items() if key in g.fields] for key in rest if key not in known}
     elsewhere = {key: names for key, names in elsewhere.items() if names}
+    unknown: set[Any] = set()
+    if len(kinds) > 1:
+        # With a grid of kinds a key needs to belong to only one of them; one that belongs to
+        # none is reported here, once, rather than once per kind.
+        unknown = {k for k in rest if k not in known and k != "zip"}
+        names = sorted(known) + ["kind"]
+        for key in unknown:
+            hint = _suggest(key, names)
+            ctx.add(_join(path, key), f"unknown key {key!r}{hint} (valid keys for any of "
+                    f"{', '.join(kinds)}: {', '.join(names)})", line_of(raw, key))
     out: list[Alt] = []
     for kind in kinds:
         group = u.kinds[kind]
-        # With a grid of kinds a key needs to belong to only one of them.
-        ignore = {k for k in rest if k in known and k not in group.fields}
+        ignore = {k for k in rest if k in known and k not in group.fields} | unknown
         fixed = {"kind": (kind, _dumps(kind))}
         out += expand_group(group, raw, path, line, ctx, skip={"kind"} | ignore, fixed=fixed,
-                            what=f"{kind!r}" if len(kinds) == 1 else "any of " + ", ".join(kinds),
-                            elsewhere=elsewhere)
-    return _dedup(out)
+                            what=repr(kind), elsewhere=elsewhere)
+    return [] if unknown else _dedup(out)
 
 
 def _applies(key: str, when_of: Mapping[str, Mapping[str, tuple]], merged: Mapping[str, Alt],
