@@ -46,6 +46,10 @@ BAD_SPECS = {
         "name: demo\nproblem: {kind: toy_mlp}\nestimator: {kind: {grid: [cdg, nes]}, epsilom: 0.5}\n",
         r"estimator.epsilom: unknown key 'epsilom'; did you mean 'epsilon'\? \(valid keys for any of cdg, nes: ",
     ),
+    "kind not a name": (
+        "name: demo\nproblem: {kind: [toy_mlp]}\nestimator: cdg\n",
+        r"problem.kind: unknown kind \['toy_mlp'\]; did you mean 'toy_mlp'\?; expected one of toy_mlp, ",
+    ),
     "missing kind": ("name: demo\nproblem: {dim: 8}\nestimator: cdg\n", r"problem: missing 'kind': expected one of toy_mlp"),
     "missing required": ("name: demo\nproblem: {kind: toy_mlp}\n", r"estimator: required: expected a mapping with kind"),
     "missing name": ("problem: {kind: toy_mlp}\nestimator: cdg\n", r"name: required: expected a string matching"),

@@ -415,7 +415,7 @@ def expand_node(node: Param | Group | Union, raw: Any, path: str, line: int | No
     if raw is None:
         if node.nullable:
             return [_NULL]
-        ctx.add(path, f"expected a mapping, got null", line)
+        ctx.add(path, "expected a mapping, got null", line)
         return []
     if isinstance(node, Union):
         return _expand_union(node, raw, path, line, ctx)
@@ -460,7 +460,7 @@ def _expand_entry(u: Union, raw: Any, path: str, line: int | None, ctx: Context)
         items = [kinds_raw]
     kinds = []
     for item in items:
-        if item not in u.kinds:
+        if not isinstance(item, str) or item not in u.kinds:
             ctx.add(kind_path, f"unknown kind {_short(item)}{_suggest(item, u.kinds)}; expected one of {names}", kline)
         else:
             kinds.append(item)
