@@ -1,0 +1,508 @@
+"""Thin XNOR-ResNet-18 as a pure function of named weights (the notes' third experiment).
+
+Architecture (CIFAR style, initial channel ``c``; stage widths c, 2c, 4c, 8c; basic blocks
+[2, 2, 2, 2], stride 2 at the first block of stages 2..4)::
+
+    stem:   conv3x3(3 -> c) -> BN                                  full precision
+    block:  a1 = sign(BN1(x));  h1 = conv3x3(a1, Q(W1), stride)     binary convs
+            a2 = sign(BN2(h1)); h2 = conv3x3(a2, Q(W2))
+            out = h2 + shortcut(x)      shortcut: identity, or conv1x1 -> BN (full precision)
+    head:   ReLU(BN(x)) -> global mean -> fc(8c -> 10)             full precision
+
+``sign`` is the binary activation with sign(0) = +1; its backward is the surrogate the caller
+passes (the ``ste`` estimator's, or the problem's ``ste`` variant during pretraining). ``Q`` is
+the identity for ``weights: fp`` and, for ``weights: binary``, XNOR-Net's
+``Q(W) = alpha_o * sign(W)`` with ``alpha_o = mean |W[o]|`` per output channel; its backward is
+straight-through with the clip ``|W| <= 1`` (XNOR-Net), alpha differentiated exactly.
+
+The *point* holds the weights of every conv and of the classifier, keyed by module name
+(``stem``, ``layer1.0.conv1``, ..., ``layer2.0.shortcut``, ``fc``). BN affine parameters, running
+statistics and the classifier bias are the problem's fixed ``state``: they are trained by the
+pretraining but not estimated by the probe. ``conv:K`` counts the 16 binary block convs from
+the input (``conv:1`` = ``layer1.0.conv1``, ``conv:8`` = ``layer2.1.conv2``, ``conv:-2`` =
+``layer4.1.conv1``), matching the notes' layer numbering.
+
+BN during the probe uses the running statistics (``bn: running``, the network as it is deployed)
+or the statistics of each evaluated batch (``bn: batch``). ``coords: {sample: K}`` restricts every
+layer with more than K weights to K of its coordinates drawn from the seed: the point then holds
+those K values (1-D) and the rest of the layer is frozen, so every estimator, the lr update and
+the cosine all see the same subset.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from gradsweep.problems.base import Batch, Point, Problem, Surrogate, straight_through
+from gradsweep.problems.quantizers import get_quantizer
+from gradsweep.problems.xnor_cdg import XnorCdgMixin
+from gradsweep.seeding import generator
+
+__all__ = [
+    "Block", "architecture", "binary_sign", "binary_weight", "init_params", "Ctx", "logits",
+    "XnorResNet", "build", "pretrain", "pretrain_key",
+]
+
+NUM_CLASSES = 10
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# Architecture and the functional forward
+
+
+@dataclass(frozen=True)
+class Block:
+    """One basic block: its module-name prefix, channels in and out, and stride."""
+
+    name: str
+    cin: int
+    cout: int
+    stride: int
+
+    @property
+    def has_shortcut(self) -> bool:
+        return self.stride != 1 or self.cin != self.cout
+
+
+def architecture(channels: int) -> list[Block]:
+    """The eight basic blocks of ResNet-18 with initial channel ``channels``."""
+    if not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"problem.channels: expected a positive integer, got {channels!r}")
+    blocks, cin = [], channels
+    for stage in range(4):
+        cout = channels * 2 ** stage
+        for b in range(2):
+            stride = 2 if (stage > 0 and b == 0) else 1
+            blocks.append(Block(f"layer{stage + 1}.{b}", cin, cout, stride))
+            cin = cout
+    return blocks
+
+
+def weight_names(blocks: list[Block]) -> list[str]:
+    """Point keys, ordered from the input."""
+    names = ["stem"]
+    for blk in blocks:
+        names += [f"{blk.name}.conv1", f"{blk.name}.conv2"]
+        if blk.has_shortcut:
+            names.append(f"{blk.name}.shortcut")
+    return names + ["fc"]
+
+
+def binary_conv_names(blocks: list[Block]) -> list[str]:
+    return [f"{blk.name}.conv{i}" for blk in blocks for i in (1, 2)]
+
+
+#: sign with sign(0) = +1, in x's dtype; a plain forward with no gradient (the surrogate adds one)
+binary_sign = get_quantizer("binary")
+
+
+def binary_weight(w: torch.Tensor) -> torch.Tensor:
+    """XNOR-Net weights ``alpha_o * sign(W)``, alpha_o = mean |W[o]|; sign's backward is 1{|W| <= 1}."""
+    alpha = w.abs().flatten(1).mean(1).view(-1, *([1] * (w.dim() - 1)))
+    return alpha * straight_through(w, binary_sign(w), (w.abs() <= 1).to(w.dtype))
+
+
+@dataclass
+class Ctx:
+    """How one forward runs.
+
+    ``surrogate``: backward of the binary activation (None: plain sign). ``batch_stats``: BN
+    normalises with the statistics of the batch; with ``groups = G`` the batch is G stacked
+    sub-batches (G perturbed copies of one batch) and each is normalised on its own.
+    ``updates``: when a dict, BN running statistics updated by this (training) forward go there.
+    """
+
+    surrogate: Surrogate | None = None
+    batch_stats: bool = False
+    binary_weights: bool = True
+    groups: int = 1
+    updates: dict[str, torch.Tensor] | None = None
+
+
+def init_params(blocks: list[Block], channels: int, seed: int, dtype: torch.dtype, device: torch.device
+                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """He-normal convs, PyTorch-style classifier, BN at (1, 0) with running stats (0, 1)."""
+    g = generator(seed, "xnor_init")
+    weights: dict[str, torch.Tensor] = {}
+    state: dict[str, torch.Tensor] = {}
+
+    def conv(name: str, cout: int, cin: int, k: int) -> None:
+        weights[name] = torch.randn(cout, cin, k, k, generator=g) * math.sqrt(2.0 / (cin * k * k))
+
+    def bn(name: str, n: int) -> None:
+        state.update({f"{name}.weight": torch.ones(n), f"{name}.bias": torch.zeros(n),
+                      f"{name}.running_mean": torch.zeros(n), f"{name}.running_var": torch.ones(n)})
+
+    conv("stem", channels, 3, 3)
+    bn("stem_bn", channels)
+    for blk in blocks:
+        bn(f"{blk.name}.bn1", blk.cin)
+        conv(f"{blk.name}.conv1", blk.cout, blk.cin, 3)
+        bn(f"{blk.name}.bn2", blk.cout)
+        conv(f"{blk.name}.conv2", blk.cout, blk.cout, 3)
+        if blk.has_shortcut:
+            conv(f"{blk.name}.shortcut", blk.cout, blk.cin, 1)
+            bn(f"{blk.name}.shortcut_bn", blk.cout)
+    width = blocks[-1].cout
+    bn("bn_final", width)
+    bound = 1.0 / math.sqrt(width)
+    weights["fc"] = (torch.rand(NUM_CLASSES, width, generator=g) * 2 - 1) * bound
+    state["fc.bias"] = (torch.rand(NUM_CLASSES, generator=g) * 2 - 1) * bound
+    ordered = {n: weights[n].to(device=device, dtype=dtype) for n in weight_names(blocks)}
+    return ordered, {n: v.to(device=device, dtype=dtype) for n, v in state.items()}
+
+
+def batch_norm(x: torch.Tensor, state: Mapping[str, torch.Tensor], name: str, ctx: Ctx) -> torch.Tensor:
+    """BN of (N, C, H, W) with running or per-group batch statistics."""
+    shape = (1, -1, 1, 1)
+    if ctx.batch_stats:
+        xg = x.reshape(ctx.groups, -1, *x.shape[1:])
+        mean = xg.mean(dim=(1, 3, 4), keepdim=True)
+        var = xg.var(dim=(1, 3, 4), unbiased=False, keepdim=True)
+        y = ((xg - mean) / torch.sqrt(var + BN_EPS)).reshape(x.shape)
+        if ctx.updates is not None:
+            with torch.no_grad():
+                n = xg[0].numel() / x.shape[1]
+                m = BN_MOMENTUM
+                ctx.updates[f"{name}.running_mean"] = (1 - m) * state[f"{name}.running_mean"] + m * mean.flatten()
+                ctx.updates[f"{name}.running_var"] = (1 - m) * state[f"{name}.running_var"] + m * var.flatten() * n / max(n - 1, 1)
+    else:
+        mean, var = state[f"{name}.running_mean"].view(shape), state[f"{name}.running_var"].view(shape)
+        y = (x - mean) / torch.sqrt(var + BN_EPS)
+    return y * state[f"{name}.weight"].view(shape) + state[f"{name}.bias"].view(shape)
+
+
+def activation(x: torch.Tensor, ctx: Ctx) -> torch.Tensor:
+    return binary_sign(x) if ctx.surrogate is None else ctx.surrogate(x, binary_sign)
+
+
+def quantized(w: torch.Tensor, ctx: Ctx) -> torch.Tensor:
+    return binary_weight(w) if ctx.binary_weights else w
+
+
+def stem_forward(weights: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], x: torch.Tensor, ctx: Ctx) -> torch.Tensor:
+    return batch_norm(F.conv2d(x, weights["stem"], padding=1), state, "stem_bn", ctx)
+
+
+def shortcut_forward(blk: Block, weights: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+                     x: torch.Tensor, ctx: Ctx) -> torch.Tensor:
+    if not blk.has_shortcut:
+        return x
+    return batch_norm(F.conv2d(x, weights[f"{blk.name}.shortcut"], stride=blk.stride), state, f"{blk.name}.shortcut_bn", ctx)
+
+
+def block_forward(blk: Block, weights: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+                  x: torch.Tensor, ctx: Ctx) -> torch.Tensor:
+    a1 = activation(batch_norm(x, state, f"{blk.name}.bn1", ctx), ctx)
+    h1 = F.conv2d(a1, quantized(weights[f"{blk.name}.conv1"], ctx), stride=blk.stride, padding=1)
+    a2 = activation(batch_norm(h1, state, f"{blk.name}.bn2", ctx), ctx)
+    h2 = F.conv2d(a2, quantized(weights[f"{blk.name}.conv2"], ctx), padding=1)
+    return h2 + shortcut_forward(blk, weights, state, x, ctx)
+
+
+def head_forward(weights: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], x: torch.Tensor, ctx: Ctx) -> torch.Tensor:
+    h = F.relu(batch_norm(x, state, "bn_final", ctx)).mean(dim=(2, 3))
+    return h @ weights["fc"].T + state["fc.bias"]
+
+
+def logits(blocks: list[Block], weights: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+           x: torch.Tensor, ctx: Ctx, *, start: int = 0) -> torch.Tensor:
+    """The network's logits; with ``start = j``, ``x`` is the input of block j (stem skipped)."""
+    h = stem_forward(weights, state, x, ctx) if start == 0 else x
+    for blk in blocks[start:]:
+        h = block_forward(blk, weights, state, h, ctx)
+    return head_forward(weights, state, h, ctx)
+
+
+def grouped_cross_entropy(out: torch.Tensor, y: torch.Tensor, groups: int) -> torch.Tensor:
+    """Mean cross-entropy of each of ``groups`` stacked copies of the batch labelled ``y``."""
+    ce = F.cross_entropy(out, y.repeat(groups), reduction="none")
+    return ce.view(groups, -1).mean(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The problem
+
+
+class XnorResNet(XnorCdgMixin, Problem):
+    """Cross-entropy of the thin XNOR-ResNet-18 on fixed probe batches (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        channels: int,
+        binary_weights: bool,
+        weights: dict[str, torch.Tensor],
+        state: dict[str, torch.Tensor],
+        probe_batches: list[tuple[torch.Tensor, torch.Tensor]],
+        bn: str = "running",
+        coords_sample: int | None = None,
+        seed: int = 0,
+        records: list[dict[str, Any]] | None = None,
+    ) -> None:
+        if bn not in ("running", "batch"):
+            raise ValueError(f"problem.bn: expected 'running' or 'batch', got {bn!r}")
+        self.channels = channels
+        self.blocks = architecture(channels)
+        self.binary_weights = binary_weights
+        self.bn = bn
+        self.weights = weights
+        self.state = state
+        self._batches = probe_batches
+        first = next(iter(weights.values()))
+        self.device, self.dtype = first.device, first.dtype
+        self.indexed_layers = {"conv": binary_conv_names(self.blocks), "linear": ["fc"]}
+        #: rows of the pretraining curve (record "pretrain"); empty when not pretrained
+        self.records = list(records or [])
+        self.subsets: dict[str, torch.Tensor] = {}
+        if coords_sample is not None:
+            for name, w in weights.items():
+                if w.numel() > coords_sample:
+                    g = generator(seed, "xnor_coords", name)
+                    idx = torch.randperm(w.numel(), generator=g)[:coords_sample].sort().values
+                    self.subsets[name] = idx.to(self.device)
+
+    def ctx(self, surrogate: Surrogate | None = None, groups: int = 1) -> Ctx:
+        return Ctx(surrogate=surrogate, batch_stats=self.bn == "batch", binary_weights=self.binary_weights, groups=groups)
+
+    def point(self) -> Point:
+        return {n: (w.flatten()[self.subsets[n]] if n in self.subsets else w) for n, w in self.weights.items()}
+
+    def full_weights(self, point: Point) -> dict[str, torch.Tensor]:
+        """The whole layers of ``point``: sampled coordinates scattered into the frozen weights."""
+        out = {}
+        for name, w in self.weights.items():
+            p = point.get(name, w)
+            if name in self.subsets:
+                p = w.flatten().scatter(0, self.subsets[name], p).view_as(w)
+            out[name] = p
+        return out
+
+    def batches(self) -> Iterator[Batch]:
+        return iter(self._batches)
+
+    def loss(self, point: Point, batch: Batch, *, surrogate: Surrogate | None = None) -> torch.Tensor:
+        x, y = batch
+        out = logits(self.blocks, self.full_weights(point), self.state, x, self.ctx(surrogate))
+        return F.cross_entropy(out, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretraining with STE, checkpointed and cached
+
+
+def pretrain_key(cfg: Mapping[str, Any], *, seed: int, dtype: torch.dtype) -> dict[str, Any]:
+    """Everything that determines the pretrained network (not the probe's bn, batches or coords)."""
+    data = cfg.get("data", {})
+    return {
+        "artefact": "xnor_resnet18_pretrain", "version": 1,
+        "channels": cfg.get("channels", 8), "weights": cfg.get("weights", "binary"), "ste": cfg.get("ste", "clipped"),
+        "data": {k: data.get(k) for k in ("source", "path", "image_size", "train_size")},
+        "pretrain": dict(cfg["pretrain"]), "seed": seed, "dtype": str(dtype),
+    }
+
+
+def _surrogate(variant: str) -> Surrogate:
+    from gradsweep.estimators.ste import surrogate  # the STE family lives with the estimators
+
+    return surrogate(variant)
+
+
+def _lr_at(step: int, pcfg: Mapping[str, Any]) -> float:
+    base = float(pcfg.get("lr", 0.01))
+    if pcfg.get("schedule", "cosine") == "cosine":
+        return base * 0.5 * (1 + math.cos(math.pi * step / int(pcfg["steps"])))
+    return base
+
+
+def _optimizer(params: list[torch.Tensor], pcfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    lr, wd = float(pcfg.get("lr", 0.01)), float(pcfg.get("weight_decay", 0.0))
+    kind = pcfg.get("optimizer", "adam")
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if kind in ("sgd", "momentum"):
+        return torch.optim.SGD(params, lr=lr, momentum=0.9 if kind == "momentum" else 0.0, weight_decay=wd)
+    raise ValueError(f"problem.pretrain.optimizer: expected adam, sgd or momentum, got {kind!r}")
+
+
+@torch.no_grad()
+def _evaluate(blocks: list[Block], weights: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+              x: torch.Tensor, y: torch.Tensor, binary: bool, chunk: int = 1000) -> tuple[float, float]:
+    ctx = Ctx(binary_weights=binary)
+    loss, correct = 0.0, 0
+    for i in range(0, len(x), chunk):
+        out = logits(blocks, weights, state, x[i:i + chunk], ctx)
+        loss += float(F.cross_entropy(out, y[i:i + chunk], reduction="sum"))
+        correct += int((out.argmax(1) == y[i:i + chunk]).sum())
+    return loss / len(x), correct / len(x)
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def pretrain(
+    cfg: Mapping[str, Any],
+    data: "Any",
+    *,
+    seed: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    checkpoint: Path,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train every weight, BN affine and the classifier bias with STE; return the trained network.
+
+    Returns ``{"weights", "state", "records", "resumed_from"}``. Every ``checkpoint_every`` steps
+    the whole training state (parameters, running stats, optimizer state, curve so far) is saved
+    to ``checkpoint`` (renamed into place); a later call with the same ``checkpoint`` continues
+    from it. Batches are a per-epoch permutation drawn from the seed and the epoch, so a resumed
+    run draws the same batches as an uninterrupted one. The curve has one row per epoch (and one
+    at the last step): mean training loss and accuracy since the previous row, and the
+    validation loss and accuracy with running statistics.
+    """
+    from gradsweep.data import augment
+
+    pcfg = cfg["pretrain"]
+    binary = cfg.get("weights", "binary") == "binary"
+    blocks = architecture(int(cfg.get("channels", 8)))
+    steps, bs = int(pcfg["steps"]), int(pcfg.get("batch_size", 128))
+    every = int(pcfg.get("checkpoint_every", 200))
+    surrogate = _surrogate(cfg.get("ste", "clipped"))
+    n_train = len(data.train_x)
+    per_epoch = max(1, math.ceil(n_train / bs))
+
+    weights, state = init_params(blocks, int(cfg.get("channels", 8)), seed, dtype, device)
+    trainable = {**weights, **{k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var"))}}
+    for t in trainable.values():
+        t.requires_grad_(True)
+    opt = _optimizer(list(trainable.values()), pcfg)
+    start, records, acc = 0, [], {"loss": 0.0, "correct": 0, "seen": 0}
+    if checkpoint.exists():
+        ck = torch.load(checkpoint, map_location=device, weights_only=False)
+        with torch.no_grad():
+            for name, t in {**weights, **state}.items():
+                t.copy_(ck["params"][name])
+        opt.load_state_dict(ck["optimizer"])
+        start, records, acc = ck["step"], ck["records"], ck["acc"]
+    resumed_from = start
+
+    for step in range(start, steps):
+        epoch, pos = divmod(step, per_epoch)
+        perm = torch.randperm(n_train, generator=generator(seed, "xnor_pretrain_perm", epoch))
+        idx = perm[pos * bs:(pos + 1) * bs].to(data.train_x.device)
+        x, y = data.train_x[idx], data.train_y[idx]
+        if pcfg.get("augment", False):
+            x = augment(x, generator(seed, "xnor_pretrain_augment", step))
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, pcfg)
+        ctx = Ctx(surrogate=surrogate, batch_stats=True, binary_weights=binary, updates={})
+        out = logits(blocks, weights, state, x, ctx)
+        loss = F.cross_entropy(out, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for name, value in ctx.updates.items():
+                state[name].copy_(value)
+        acc["loss"] += float(loss.detach()) * len(y)
+        acc["correct"] += int((out.argmax(1) == y).sum())
+        acc["seen"] += len(y)
+        done = step + 1
+        if done % per_epoch == 0 or done == steps:
+            val_loss, val_acc = _evaluate(blocks, weights, state, data.val_x, data.val_y, binary)
+            records.append({
+                "record": "pretrain", "step": done, "epoch": (done - 1) // per_epoch + 1,
+                "loss": acc["loss"] / acc["seen"], "accuracy": acc["correct"] / acc["seen"],
+                "val_loss": val_loss, "val_accuracy": val_acc,
+            })
+            acc = {"loss": 0.0, "correct": 0, "seen": 0}
+        if done % every == 0 and done < steps:
+            _save_atomic({"step": done, "records": records, "acc": acc, "optimizer": opt.state_dict(),
+                          "params": {n: t.detach().clone() for n, t in {**weights, **state}.items()}}, checkpoint)
+        if on_step is not None:
+            on_step(done)
+    return {
+        "weights": {n: t.detach() for n, t in weights.items()},
+        "state": {n: t.detach() for n, t in state.items()},
+        "records": records,
+        "resumed_from": resumed_from,
+    }
+
+
+def pretrained(cfg: Mapping[str, Any], data: Any, *, seed: int, dtype: torch.dtype, device: torch.device,
+               cache_dir: Path, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """The pretrained network of ``cfg``, trained once per content key and cached.
+
+    The artefact lives in ``<cache_dir>/xnor_pretrain/<key>.pt``; while training, the resumable
+    checkpoint is ``<key>.ckpt.pt`` beside it (deleted once the artefact is in place).
+    """
+    from gradsweep.cache import cache_key, cached_file
+
+    what = pretrain_key(cfg, seed=seed, dtype=dtype)
+    folder = Path(cache_dir) / "xnor_pretrain"
+    ckpt = folder / f"{cache_key(what)}.ckpt.pt"
+
+    def compute(tmp: Path) -> None:
+        result = pretrain(cfg, data, seed=seed, dtype=dtype, device=device, checkpoint=ckpt, on_step=on_step)
+        torch.save({k: result[k] for k in ("weights", "state", "records")}, tmp)
+
+    path, _ = cached_file(cache_dir, "xnor_pretrain", what, compute)
+    if ckpt.exists():
+        ckpt.unlink()
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# build
+
+
+def probe_batches(data: Any, batch_size: int, batches: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``batches`` disjoint batches of the validation set, in an order drawn from the seed."""
+    need = batch_size * batches
+    if need > len(data.val_x):
+        raise ValueError(
+            f"problem.data: batches x batch_size = {need} exceeds the {len(data.val_x)} validation images"
+        )
+    perm = torch.randperm(len(data.val_x), generator=generator(seed, "xnor_probe_batches"))[:need]
+    perm = perm.to(data.val_x.device)
+    return [(data.val_x[perm[i * batch_size:(i + 1) * batch_size]], data.val_y[perm[i * batch_size:(i + 1) * batch_size]])
+            for i in range(batches)]
+
+
+def build(cfg: Mapping[str, Any], *, seed: int, dtype: torch.dtype, device: torch.device, cache_dir: Path) -> XnorResNet:
+    """The problem of a canonical ``problem`` config (kind ``xnor_resnet18``)."""
+    from gradsweep.data import load
+
+    channels = int(cfg.get("channels", 8))
+    data_cfg = cfg.get("data", {})
+    data = load(data_cfg, seed=seed).to(device, dtype)
+    records: list[dict[str, Any]] = []
+    if cfg.get("pretrain"):
+        trained = pretrained(cfg, data, seed=seed, dtype=dtype, device=device, cache_dir=cache_dir)
+        weights, state, records = trained["weights"], trained["state"], trained["records"]
+    else:
+        weights, state = init_params(architecture(channels), channels, seed, dtype, device)
+    coords = cfg.get("coords") or {}
+    return XnorResNet(
+        channels=channels,
+        binary_weights=cfg.get("weights", "binary") == "binary",
+        weights=weights,
+        state=state,
+        probe_batches=probe_batches(data, int(data_cfg.get("batch_size", 128)), int(data_cfg.get("batches", 10)), seed),
+        bn=cfg.get("bn", "running"),
+        coords_sample=coords.get("sample"),
+        seed=seed,
+        records=records,
+    )

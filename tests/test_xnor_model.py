@@ -1,0 +1,196 @@
+"""The thin XNOR-ResNet-18: shapes, layer addressing, binary functions and their STE backward,
+and STE pretraining that resumes from its checkpoint after a real kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradsweep.estimators.ste import surrogate
+from gradsweep.problems.xnor_resnet import (
+    Ctx, activation, architecture, binary_sign, binary_weight, build, init_params, logits, pretrain,
+    pretrained,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors on a shared 2-core machine: one thread avoids thread-pool contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_cfg(**pretrain) -> dict:
+    cfg = {
+        "kind": "xnor_resnet18", "channels": 2, "weights": "binary", "ste": "clipped", "bn": "running",
+        "data": {"source": "synthetic", "path": None, "batch_size": 8, "batches": 2, "image_size": 8, "train_size": 64},
+        "pretrain": None, "coords": {"sample": None},
+    }
+    if pretrain:
+        cfg["pretrain"] = {"steps": 12, "batch_size": 16, "lr": 0.01, "optimizer": "adam", "weight_decay": 1e-4,
+                           "schedule": "cosine", "checkpoint_every": 2, "augment": True, **pretrain}
+    return cfg
+
+
+@pytest.mark.parametrize("c", [1, 2, 3, 8])
+def test_shapes_and_conv_addressing(c: int, tmp_path: Path) -> None:
+    cfg = tiny_cfg()
+    cfg["channels"] = c
+    problem = build(cfg, seed=0, dtype=torch.float32, device=torch.device("cpu"), cache_dir=tmp_path)
+    convs = problem.indexed_layers["conv"]
+    assert len(convs) == 16
+    first, eighth, second_last = problem.select_layers(["conv:1", "conv:8", "conv:-2"])
+    assert (first, eighth, second_last) == ("layer1.0.conv1", "layer2.1.conv2", "layer4.1.conv1")
+    point = problem.point()
+    assert point[first].shape == (c, c, 3, 3)
+    assert point[eighth].shape == (2 * c, 2 * c, 3, 3)
+    assert point[second_last].shape == (8 * c, 8 * c, 3, 3)
+    assert point["layer2.0.shortcut"].shape == (2 * c, c, 1, 1)
+    assert point["fc"].shape == (10, 8 * c)
+    assert list(point)[0] == "stem" and list(point)[-1] == "fc"
+    x, y = next(problem.batches())
+    assert x.shape == (8, 3, 8, 8) and y.shape == (8,)
+    assert problem.loss(point, (x, y)).shape == ()
+    out = logits(problem.blocks, point, problem.state, torch.randn(3, 3, 32, 32), problem.ctx())
+    assert out.shape == (3, 10)
+
+
+def test_bad_layer_selector_names_the_count(tmp_path: Path) -> None:
+    problem = build(tiny_cfg(), seed=0, dtype=torch.float32, device=torch.device("cpu"), cache_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"'conv:17' selects no layer: this problem has 16 conv layers"):
+        problem.select_layers(["conv:17"])
+    with pytest.raises(ValueError, match="problem.channels"):
+        architecture(0)
+
+
+def test_binary_activation_forward_and_its_surrogate_backward() -> None:
+    x = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5], requires_grad=True)
+    assert binary_sign(x).tolist() == [-1, -1, -1, 1, 1, 1, 1]  # sign(0) = +1
+    for variant in ("identity", "clipped", "steep2", "polynomial", "swish_sign"):
+        s = surrogate(variant)
+        out = activation(x, Ctx(surrogate=s))
+        assert out.tolist() == binary_sign(x).tolist()
+        dy = torch.arange(1.0, 8.0)
+        (grad,) = torch.autograd.grad((out * dy).sum(), x)
+        torch.testing.assert_close(grad, s.derivative(x.detach()) * dy)
+    assert not activation(x, Ctx()).requires_grad  # the plain sign carries no gradient
+
+
+def test_binary_weights_are_alpha_sign_with_a_clipped_straight_through_backward() -> None:
+    w = torch.tensor([[0.5, -1.5, 0.0, 2.0], [-0.25, 0.25, 0.75, -0.5]], dtype=torch.float64).view(2, 1, 2, 2)
+    w.requires_grad_(True)
+    q = binary_weight(w)
+    alpha = torch.tensor([1.0, 0.4375], dtype=torch.float64).view(2, 1, 1, 1)
+    torch.testing.assert_close(q, alpha * torch.tensor([[1, -1, 1, 1], [-1, 1, 1, -1]], dtype=torch.float64).view(2, 1, 2, 2))
+    dy = torch.randn(2, 1, 2, 2, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((q * dy).sum(), w)
+    s = binary_sign(w.detach())
+    # d/dW [alpha_o sign(W)] with sign's backward 1{|W| <= 1}, alpha_o = mean |W[o]| exactly
+    # (d|W|/dW = torch.sign(W), 0 at W = 0)
+    d_abs = torch.sign(w.detach())
+    expected = alpha * dy * (w.detach().abs() <= 1) + d_abs / 4 * (dy * s).sum(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(grad, expected)
+
+
+@pytest.mark.parametrize("weights", ["binary", "fp"])
+def test_ste_gradient_reaches_every_binary_conv(weights: str, tmp_path: Path) -> None:
+    cfg = tiny_cfg()
+    cfg["weights"] = weights
+    problem = build(cfg, seed=1, dtype=torch.float64, device=torch.device("cpu"), cache_dir=tmp_path)
+    point = {n: t.clone().requires_grad_(True) for n, t in problem.point().items()}
+    batch = next(problem.batches())
+    loss = problem.loss(point, batch, surrogate=surrogate("identity"))
+    grads = torch.autograd.grad(loss, [point[n] for n in problem.indexed_layers["conv"]])
+    assert all(g.abs().sum() > 0 for g in grads)
+
+
+def test_bn_batch_mode_uses_batch_statistics(tmp_path: Path) -> None:
+    running = build(tiny_cfg(), seed=0, dtype=torch.float64, device=torch.device("cpu"), cache_dir=tmp_path)
+    cfg = tiny_cfg()
+    cfg["bn"] = "batch"
+    batch_mode = build(cfg, seed=0, dtype=torch.float64, device=torch.device("cpu"), cache_dir=tmp_path)
+    x, y = next(running.batches())
+    assert running.loss(running.point(), (x, y)) != batch_mode.loss(batch_mode.point(), (x, y))
+    # with batch statistics a copy's loss does not depend on the copies stacked beside it
+    ctx = batch_mode.ctx(groups=2)
+    two = logits(batch_mode.blocks, batch_mode.point(), batch_mode.state, torch.cat([x, 3 * x]), ctx)
+    one = logits(batch_mode.blocks, batch_mode.point(), batch_mode.state, x, batch_mode.ctx())
+    torch.testing.assert_close(two[:8], one)
+
+
+_PRETRAIN_SCRIPT = """
+import json, sys, time, torch
+from pathlib import Path
+from gradsweep.data import load
+from gradsweep.problems.xnor_resnet import pretrain
+torch.set_num_threads(1)
+cfg = json.loads(sys.argv[1])
+data = load(cfg["data"], seed=0)
+pretrain(cfg, data, seed=0, dtype=torch.float32, device=torch.device("cpu"), checkpoint=Path(sys.argv[2]),
+         on_step=lambda step: time.sleep(0.25))
+print("finished")
+"""
+
+
+def test_pretraining_killed_mid_way_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    from gradsweep.data import load
+
+    cfg = tiny_cfg(steps=12)
+    ckpt = tmp_path / "run.ckpt.pt"
+    proc = subprocess.Popen([sys.executable, "-c", _PRETRAIN_SCRIPT, json.dumps(cfg), str(ckpt)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if ckpt.exists() and torch.load(ckpt, weights_only=False)["step"] >= 4:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"pretraining ended before it was killed: {proc.communicate()}"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    killed_at = torch.load(ckpt, weights_only=False)["step"]
+    assert 4 <= killed_at < 12
+
+    data = load(cfg["data"], seed=0)
+    cpu = torch.device("cpu")
+    resumed = pretrain(cfg, data, seed=0, dtype=torch.float32, device=cpu, checkpoint=ckpt)
+    whole = pretrain(cfg, data, seed=0, dtype=torch.float32, device=cpu, checkpoint=tmp_path / "fresh.ckpt.pt")
+    assert resumed["resumed_from"] == killed_at and whole["resumed_from"] == 0
+    for name, value in whole["weights"].items():
+        assert torch.equal(resumed["weights"][name], value), name
+    for name, value in whole["state"].items():
+        assert torch.equal(resumed["state"][name], value), name
+    assert resumed["records"] == whole["records"]
+    assert [r["step"] for r in whole["records"]] == [4, 8, 12]  # one row per epoch of 64 images
+
+
+def test_pretrained_network_is_cached_and_its_curve_becomes_pretrain_rows(tmp_path: Path) -> None:
+    from gradsweep.data import load
+
+    cfg = tiny_cfg(steps=4, checkpoint_every=200)
+    data = load(cfg["data"], seed=0)
+    cpu = torch.device("cpu")
+    calls: list[int] = []
+    first = pretrained(cfg, data, seed=0, dtype=torch.float32, device=cpu, cache_dir=tmp_path, on_step=calls.append)
+    again = pretrained(cfg, data, seed=0, dtype=torch.float32, device=cpu, cache_dir=tmp_path, on_step=calls.append)
+    assert calls == [1, 2, 3, 4]  # trained once
+    assert all(torch.equal(first["weights"][n], again["weights"][n]) for n in first["weights"])
+    cfg["bn"], cfg["data"]["batches"] = "batch", 1  # probe-only settings share the pretrained network
+    problem = build(cfg, seed=0, dtype=torch.float32, device=cpu, cache_dir=tmp_path)
+    assert torch.equal(problem.weights["fc"], first["weights"]["fc"])
+    rows = problem.records
+    assert [r["record"] for r in rows] == ["pretrain"] and rows[0]["step"] == 4 and rows[0]["epoch"] == 1
+    assert set(rows[0]) == {"record", "step", "epoch", "loss", "accuracy", "val_loss", "val_accuracy"}
+    assert 0 <= rows[0]["val_accuracy"] <= 1
