@@ -202,6 +202,15 @@ XNOR_RESNET18 = Group(
             }
         ),
         "pretrain": XNOR_PRETRAIN,
+        "coords": Group(
+            {
+                "sample": Param(
+                    "int", None, "estimate K seeded coordinates of each layer with more than K weights "
+                    "(the rest frozen; every estimator sees the same subset); null: every coordinate",
+                    low=1, nullable=True,
+                ),
+            }
+        ),
     },
     doc="thin XNOR-ResNet-18 (basic blocks [2, 2, 2, 2]) on CIFAR-10 or synthetic images",
 )

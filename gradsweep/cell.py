@@ -66,6 +66,9 @@ def run_cell(
         return generator(seed, *parts, device=where)
 
     table = get_experiment(cfg["experiment"])(problem, estimator, cfg, generator_for=generator_for)
+    records = getattr(problem, "records", None)  # rows made while building, e.g. a pretraining curve
+    if records:
+        table = pd.concat([pd.DataFrame(records), table], ignore_index=True)
     table = table.assign(run_device=describe(where))
     unknown = [c for c in table.columns if c not in COLUMNS]
     if unknown:

@@ -69,6 +69,9 @@ class Problem(ABC):
     #: how layer selectors "linear:K" / "conv:K" count: the kind and, in order from the input,
     #: the names they index (set by subclasses)
     indexed_layers: dict[str, list[str]] = {}
+    #: rows the problem produced while being built (e.g. a pretraining curve, ``record="pretrain"``);
+    #: ``run_cell`` puts them first in the cell's table
+    records: list[dict[str, Any]] = []
 
     # -- the point and its layers -------------------------------------------------------------
     @abstractmethod
