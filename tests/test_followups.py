@@ -62,11 +62,11 @@ def test_perturbed_ste_never_worse_than_ste_at_its_step(noise: float, toy):
 def test_nes_max_point_steps_to_the_best_sampled_point(antithetic: bool, toy):
     sigma, n = 0.05, 64
     point, batch = toy.point(), next(toy.batches())
-    est = estimators.get({"kind": "nes_max_point", "sigma": sigma, "samples": n, "antithetic": antithetic})
-    g = est.estimate(toy, point, batch, LAYERS, generator(3, "nmp"))
+    config = {"sigma": sigma, "samples": n, "antithetic": antithetic}
+    g = estimators.get({"kind": "nes_max_point", **config}).estimate(toy, point, batch, LAYERS, generator(3, "nmp"))
 
-    # the same draws, evaluated one point at a time
-    u = torch.randn((n, 8 * 8 * 2 + 8), generator=generator(3, "nmp"), dtype=torch.float64)
+    # NES's own draws from the same generator, evaluated one point at a time
+    u = estimators.get({"kind": "nes", **config}).directions(point, LAYERS, generator(3, "nmp"))
     if antithetic:
         u = torch.cat([u, -u])
     sampled = []
@@ -81,16 +81,17 @@ def test_nes_max_point_steps_to_the_best_sampled_point(antithetic: bool, toy):
     assert loss_along(toy, point, batch, g, sigma * float(u[best].norm())) == pytest.approx(sampled[best], rel=1e-9)
 
 
-def test_nes_max_point_falls_back_to_nes_at_a_minimum():
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_nes_max_point_falls_back_to_nes_at_a_minimum(antithetic: bool):
     ones = torch.ones(6, dtype=torch.float64)
     problem = Rosenbrock("pairs", ones, dtype=torch.float64, device=torch.device("cpu"))
-    sigma, n = 0.1, 32
-    g = estimators.get({"kind": "nes_max_point", "sigma": sigma, "samples": n}).estimate(
+    config = {"sigma": 0.1, "samples": 32, "antithetic": antithetic}
+    g = estimators.get({"kind": "nes_max_point", **config}).estimate(
         problem, problem.point(), None, ["x"], generator(0, "min"))
-    u = torch.randn((n, 6), generator=generator(0, "min"), dtype=torch.float64)
-    values = problem.losses(problem.point(), None, {"x": sigma * u})
-    assert (values > 0).all()  # nothing below the minimum: the fallback applies
-    assert torch.allclose(g["x"], values @ u / (n * sigma))
+    u = estimators.get({"kind": "nes", **config}).directions(problem.point(), ["x"], generator(0, "min"))
+    assert (problem.losses(problem.point(), None, {"x": 0.1 * torch.cat([u, -u])}) > 0).all()  # nothing improves
+    nes = estimators.get({"kind": "nes", **config}).estimate(problem, problem.point(), None, ["x"], generator(0, "min"))
+    assert torch.allclose(g["x"], nes["x"])
 
 
 def test_random_ste_degenerate_settings_are_ste(toy):

@@ -29,7 +29,7 @@ from gradsweep.problems.base import Batch, Point, Problem, Surrogate
 __all__ = ["NesMaxPoint", "PerturbedSTE", "RandomSTE", "RandomSurrogate"]
 
 #: bytes of sampled directions held at once by nes_max_point (chunking keeps 50,000 samples of
-#: a d = 64 toy, 1.6 GB in float32, off the memory ceiling)
+#: a d = 64 toy, 1.6 GB in float32, off the memory ceiling; the directions do not depend on it)
 DIRECTION_CHUNK_BYTES = 64 << 20
 
 
@@ -52,7 +52,7 @@ def _unflat(vec: torch.Tensor, point: Point, layers: list[str]) -> dict[str, tor
 class NesMaxPoint(Estimator):
     """Step toward the sampled NES point with the lowest loss.
 
-    With ``u_k ~ N(0, I)``, k = 1..n (and ``-u_k`` too when ``antithetic``), let
+    With NES's directions ``u_k ~ N(0, I)``, k = 1..n (and ``-u_k`` too when ``antithetic``), let
     ``k* = argmin_k L(w + sigma u_k)``. If ``L(w + sigma u_k*) < L(w)`` the estimate is
 
         g = -(L(w) - L(w + sigma u_k*)) / (sigma |u_k*|^2) * u_k*
@@ -61,27 +61,36 @@ class NesMaxPoint(Estimator):
     ``lr = sigma |u_k*|`` is exactly the best sampled point) and whose norm is the slope toward it.
     Fallback, when no sampled point is below ``L(w)``: the NES estimate of the same samples,
     ``1/(n sigma) sum_k L(w + sigma u_k) u_k`` (antithetic: ``1/(2 n sigma) sum_k [L+ - L-] u_k``).
-    Parameters: ``sigma``, ``samples`` (n), ``antithetic``, ``seed``.
+    The directions are exactly those the ``nes`` estimator with the same ``sigma``, ``samples``,
+    ``antithetic`` and ``seed`` draws from the same generator, so the two compare on the same
+    points, and the fallback equals that NES estimate. Parameters: ``sigma``, ``samples`` (n),
+    ``antithetic``, ``seed``.
     """
 
     sigma: float
     samples: int
     antithetic: bool
 
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.nes = get({"kind": "nes", **{k: v for k, v in self.params.items() if k != "kind"}})
+
     def estimate(
         self, problem: Problem, point: Point, batch: Batch, layers: list[str], generator: torch.Generator
     ) -> dict[str, torch.Tensor]:
-        p_total = sum(point[n].numel() for n in layers)
+        size = sum(point[n].numel() for n in layers)
         ref = point[layers[0]]
-        chunk = max(1, DIRECTION_CHUNK_BYTES // (p_total * ref.element_size()))
+        block = self.nes.block
+        per_call = max(1, DIRECTION_CHUNK_BYTES // (size * ref.element_size() * block)) * block
+        base = self.nes.base_seed(generator)
         with torch.no_grad():
-            base = float(problem.loss(point, batch))
+            before = float(problem.loss(point, batch))
             best_loss, best_u = math.inf, None
-            nes_sum = torch.zeros(p_total, dtype=ref.dtype, device=ref.device)
-            for start in range(0, self.samples, chunk):
-                count = min(chunk, self.samples - start)
-                u = torch.randn((count, p_total), generator=generator, device=generator.device, dtype=ref.dtype)
-                u = u.to(ref.device)
+            nes_sum = torch.zeros(size, dtype=ref.dtype, device=ref.device)
+            for start in range(0, self.samples, per_call):
+                stop = min(start + per_call, self.samples)
+                u = torch.cat(list(self.nes.direction_blocks(
+                    base, self.samples, size, start, stop, dtype=ref.dtype, device=ref.device)))
                 plus = problem.losses(point, batch, _unflat(self.sigma * u, point, layers))
                 if self.antithetic:
                     minus = problem.losses(point, batch, _unflat(-self.sigma * u, point, layers))
@@ -93,8 +102,8 @@ class NesMaxPoint(Estimator):
                 k = int(torch.argmin(cand_losses))
                 if float(cand_losses[k]) < best_loss:
                     best_loss, best_u = float(cand_losses[k]), cand_u[k].clone()
-            if best_u is not None and best_loss < base:
-                g = -(base - best_loss) / (self.sigma * float(best_u @ best_u)) * best_u
+            if best_u is not None and best_loss < before:
+                g = -(before - best_loss) / (self.sigma * float(best_u @ best_u)) * best_u
             else:
                 g = nes_sum / (self.samples * self.sigma)
         return _unflat(g, point, layers)
