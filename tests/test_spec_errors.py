@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import random
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from gradsweep.spec import SpecError, canonical_cell, expand, load_spec, validate_estimator
+from gradsweep.spec.yamlload import load_yaml
 
 GOOD = """\
 name: demo
@@ -233,3 +238,52 @@ def test_missing_file_is_a_spec_error(tmp_path) -> None:
         load_spec(str(tmp_path / "absent.yml"))
     with pytest.raises(SpecError, match="no spec file 'specs/absent'"):
         load_spec("specs/absent")
+
+
+# Values a careless edit may leave anywhere in a spec.
+_WEIRD = [
+    None, 0, -1, 1.5, "x", True, [], {}, [1, 2], [[1]], {"grid": []}, {"grid": [1, "a"]}, {"grid": [None]},
+    {"linspace": [0, 1, 3]}, {"arange": [0, 1, 0]}, {"arange": [0, 1e308, 1e-300]}, {"logspace": [0, 400, 3]},
+    {"zip": {"a": [1]}}, {"kind": "cdg"}, [{"kind": "nes"}], float("nan"), {"randint": [3, 1]}, {"kind": [1]},
+]
+
+
+def _mutate(obj: object, rng: random.Random, depth: int = 0) -> None:
+    if isinstance(obj, dict) and obj:
+        key = rng.choice(list(obj))
+        r = rng.random()
+        if r < 0.4 and depth < 6:
+            _mutate(obj[key], rng, depth + 1)
+        elif r < 0.7:
+            obj[key] = copy.deepcopy(rng.choice(_WEIRD))
+        elif r < 0.85:
+            obj[f"{key}x"] = obj.pop(key)
+        else:
+            obj["zip"] = {key: [obj.pop(key)]}
+    elif isinstance(obj, list) and obj:
+        i = rng.randrange(len(obj))
+        if rng.random() < 0.5 and depth < 6:
+            _mutate(obj[i], rng, depth + 1)
+        else:
+            obj[i] = copy.deepcopy(rng.choice(_WEIRD))
+
+
+def test_a_mangled_spec_gives_a_spec_error_never_a_crash() -> None:
+    """Random edits of the shipped specs: each either expands or raises SpecError."""
+    rng = random.Random(20210519)  # a local generator: the test is the same on every run
+    specs = Path(__file__).resolve().parent.parent / "specs"
+    # the small specs (a 50,000-lr scan would only slow the test down)
+    small = [p for p in sorted(specs.glob("*.yaml"))
+             if all(len(c.config.get("measure", {}).get("lrs", ())) <= 1000 for c in load_spec(p).cells)]
+    raws = [json.loads(json.dumps(load_yaml(p.read_text()))) for p in small]
+    refused = 0
+    for _ in range(200):
+        raw = copy.deepcopy(rng.choice(raws))
+        for _ in range(rng.randint(1, 3)):
+            _mutate(raw, rng)
+        try:
+            expand(raw)
+        except SpecError as exc:
+            refused += 1
+            assert exc.issues and all(str(issue) for issue in exc.issues)
+    assert refused > 50

@@ -27,7 +27,7 @@ from gradsweep import catalog
 from gradsweep.spec.canonical import SWEEP_CELL, resolve_dtype
 from gradsweep.spec.errors import Issue, SpecError
 from gradsweep.spec.validate import (
-    _MISSING, Context, _Bad, _dumps, _got, count_node, expand_group, expand_node, range_length,
+    _MISSING, Context, _dumps, _got, count_node, expand_group, expand_node, list_length,
 )
 from gradsweep.spec.yamlload import line_of, load_yaml
 
@@ -83,16 +83,7 @@ def _structural(raw: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
 
 def count_cells(raw: Mapping[str, Any]) -> int:
     """An upper bound of the cells of a parsed spec (before dedup), without expanding it."""
-    seeds = raw.get("seeds", [0])
-    n_seeds = 1
-    try:
-        if isinstance(seeds, list):
-            n_seeds = max(1, len(seeds))
-        elif isinstance(seeds, Mapping) and len(seeds) == 1:
-            key, args = next(iter(seeds.items()))
-            n_seeds = max(1, range_length(key, args))
-    except (_Bad, TypeError, ValueError, ZeroDivisionError):
-        n_seeds = 1
+    n_seeds = list_length(raw.get("seeds", [0]))
     body = {k: v for k, v in raw.items() if k not in _SWEEP_KEYS}
     return count_node(SWEEP_CELL, body) * n_seeds
 

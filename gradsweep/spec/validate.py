@@ -38,7 +38,7 @@ from gradsweep.spec.yamlload import line_of
 
 __all__ = [
     "validate_estimator", "validate_value", "Alt", "Context", "expand_node", "expand_group",
-    "count_node", "MAX_LIST", "describe",
+    "count_node", "list_length", "range_length", "MAX_LIST", "describe",
 ]
 
 Alt = tuple[Any, str]  # (canonical value, its canonical JSON text)
@@ -196,13 +196,35 @@ def range_length(key: str, args: Sequence[float]) -> int:
         start, stop, step = args
         if step == 0:
             raise _Bad("arange step is 0")
-        return max(0, math.ceil((stop - start) / step - 1e-9))
+        span = (stop - start) / step
+        if not math.isfinite(span):
+            raise _Bad(f"arange {list(args)!r} would make too many values (at most {MAX_LIST:,})")
+        return max(0, math.ceil(span - 1e-9))
     count = args[2]
     if isinstance(count, float) and count.is_integer():
         count = int(count)
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise _Bad(f"{key} count must be an integer >= 1, got {count!r}")
     return count
+
+
+def list_length(raw: Any) -> int:
+    """How many values a list of numbers and ranges holds, computed without making them
+    (tolerant: anything malformed counts as one value; validation reports it)."""
+    items = [raw] if isinstance(raw, Mapping) else raw if isinstance(raw, list) else [raw]
+    n = 0
+    for item in items:
+        if isinstance(item, Mapping) and len(item) == 1:
+            key, args = next(iter(item.items()))
+            if (key in RANGE_KEYS and isinstance(args, list) and len(args) == 3
+                    and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)):
+                try:
+                    n += range_length(key, args)
+                    continue
+                except (_Bad, ValueError, OverflowError):
+                    pass
+        n += 1
+    return max(1, n)
 
 
 def _range_values(raw: Mapping) -> list[float]:
@@ -221,7 +243,8 @@ def _range_values(raw: Mapping) -> list[float]:
         raise _Bad(f"{key} expects {what} of numbers, got {_got(args)}") from None
     n = range_length(key, (a, b, c))
     if n > MAX_LIST:
-        raise _Bad(f"{key} would make {n:,} values (at most {MAX_LIST:,})")
+        count = f"{n:,}" if n < 10**15 else f"about {float(n):.1e}"
+        raise _Bad(f"{key} would make {count} values (at most {MAX_LIST:,})")
     if n == 0:
         raise _Bad(f"arange {args!r} makes no values")
     if key == "arange":
@@ -231,6 +254,8 @@ def _range_values(raw: Mapping) -> list[float]:
     else:
         values = [a + (b - a) * i / (n - 1) for i in range(n)]
     if key == "logspace":
+        if max(values) > 300:
+            raise _Bad(f"logspace exponent {max(values)!r} is out of range (at most 300)")
         values = [10.0 ** v for v in values]
     return [_clean(v) for v in values]
 
