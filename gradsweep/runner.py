@@ -180,21 +180,36 @@ def plan(sweep: Any, results: str | os.PathLike[str], *, full: bool = False) -> 
     store = SweepStore.for_sweep(results, sweep.name)
     scan = store.scan(full=full)
     failures_known = scan.failed
-    ids = [c.id for c in sweep.cells]
-    in_spec = set(ids)
+    in_spec = {c.id for c in sweep.cells}
     done = scan.done & in_spec
     failed = failures_known & in_spec
-    todo = [i for i in dict.fromkeys(ids) if i not in done]
+    todo: list[str] = []
     by_kind: dict[tuple[str, str], Counter] = {}
     total_cost = 0.0
-    for cell in {c.id: c for c in sweep.cells}.values():
-        c = by_kind.setdefault(_kinds(cell.config), Counter())
-        c["total"] += 1
-        if cell.id in done:
-            c["done"] += 1
+    # Cells of one grid share their nested mappings (only the seed differs), so kinds and cost are
+    # computed once per distinct (problem, estimator, measure, step) object: plan stays fast at 200k.
+    memo: dict[tuple, tuple[tuple[str, str], float]] = {}
+    seen: set[str] = set()
+    for cell in sweep.cells:
+        cid = cell.id
+        if cid in seen:
+            continue
+        seen.add(cid)
+        cfg = cell.config
+        key = (id(cfg.get("problem")), id(cfg.get("estimator")), id(cfg.get("measure")), id(cfg.get("step")), cfg.get("experiment"))
+        entry = memo.get(key)
+        if entry is None:
+            entry = memo[key] = (_kinds(cfg), cell_cost(cfg))
+        counts = by_kind.get(entry[0])
+        if counts is None:
+            counts = by_kind[entry[0]] = Counter()
+        counts["total"] += 1
+        if cid in done:
+            counts["done"] += 1
         else:
-            c["failed" if cell.id in failed else "pending"] += 1
-            total_cost += cell_cost(cell.config)
+            todo.append(cid)
+            counts["failed" if cid in failed else "pending"] += 1
+            total_cost += entry[1]
     per_unit = _calibration(store, sorted(done)) if done else None
     if per_unit is None:
         estimate, source = total_cost / _FLOPS_PER_SECOND, "rough, from the cells' sizes"
