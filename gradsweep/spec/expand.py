@@ -40,8 +40,11 @@ _NO_GRID = ("name", "description", "resources", "seeds", "experiment")
 
 @dataclass(frozen=True)
 class Cell:
-    """One point of a sweep. ``config`` is canonical and shared with nothing the caller owns,
-    but its nested mappings may be shared between cells: treat it as read-only."""
+    """One point of a sweep: its id, its canonical config and its per-cell resources.
+
+    For speed, the cells of one sweep share nested mappings (and ``resources``): treat them as
+    read-only; :func:`gradsweep.spec.canonical_cell` gives a private copy.
+    """
 
     id: str
     config: dict[str, Any]
@@ -50,7 +53,7 @@ class Cell:
 
 @dataclass(frozen=True)
 class Sweep:
-    """A validated, expanded spec."""
+    """A validated, expanded spec; ``resources`` are the spec's per-cell resources."""
 
     name: str
     description: str
@@ -78,7 +81,6 @@ def _structural(raw: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
         if alts:
             out[key] = alts[0][0]
     return out
-
 
 
 def count_cells(raw: Mapping[str, Any]) -> int:
@@ -125,7 +127,7 @@ def _expand_gc_off(raw: Any, ctx: Context) -> tuple[dict[str, Any], list[Cell]]:
 
 
 def expand(raw: Mapping[str, Any]) -> list[Cell]:
-    """The cells of a parsed spec mapping, in grid order (seeds outermost). Pure.
+    """The cells of a parsed spec mapping, each once, in a deterministic order. Pure.
 
     Raises :class:`SpecError` listing every problem found.
     """
