@@ -11,7 +11,9 @@ Contract with :class:`gradsweep.problems.toy_mlp.ToyMLP`, which mixes this class
 
 What this module assumes beyond that: ``quantize`` is either
 :func:`gradsweep.problems.quantizers.identity` (the ``fp`` student) or an elementwise step
-function (a :class:`~gradsweep.problems.quantizers.Staircase`). Nothing else of ``ToyMLP`` is used.
+function with a ``thresholds`` attribute (ascending; a value on a threshold takes the level
+above), as :class:`~gradsweep.problems.quantizers.Staircase` has. Nothing else of ``ToyMLP`` is
+used.
 
 How the one-coordinate moves are fast (``perturbed_loss_changes``). Moving ``W_l[o, i]`` by
 ``delta`` changes only ``z_l[:, o]``, by the rank-one term ``delta * h_{l-1}[:, i]``; the layers
@@ -23,10 +25,14 @@ below are reused from one base forward pass.
 - ``fp`` activations: the change stays rank-one up to the output, ``out`` changes by
   ``delta * c_o * h_{l-1}[:, i]`` with ``c = W_depth ... W_{l+1}`` (a row vector), so the same
   closed form applies;
-- step activations: only the batch rows whose quantised ``h_l[:, o]`` changes can change anything
-  downstream. For a chunk of coordinates we gather those (row, coordinate) pairs, propagate only
-  them (each pair starts as the one-hot change of unit ``o``, a rank-one change of
-  ``z_{l+1}``), drop pairs whose change dies out at a later layer, and sum their loss changes.
+- step activations (a staircase with ``thresholds``): only batch rows whose quantised
+  ``h_l[:, o]`` changes level can change anything downstream, and for unit o only rows with
+  ``z_l[b, o]`` within ``|delta| * max_i |h_{l-1}[b, i]|`` of a threshold can (the candidates).
+  What such a row contributes depends on (row, unit, new level) and not on i or delta, so it is
+  computed once per unit for the candidate rows (the jump is rank one in ``z_{l+1}``, then those
+  rows alone go through the rest of the net), and every coordinate (o, i) sums the entries of
+  the rows whose moved pre-activation lands on a new level: vectorised over the coordinates of a
+  unit, never one forward per coordinate.
 
 Loss *changes* are computed directly (``sum over changed rows of dout * (2 r + dout) / B``), not
 as a difference of two losses, so a tiny change keeps its digits.
@@ -179,47 +185,76 @@ class ToyBatchedMixin:
     def _step_changes(
         self, point: dict[str, torch.Tensor], fw: _Forward, l: int, o: torch.Tensor, i: torch.Tensor, delta: torch.Tensor
     ) -> torch.Tensor:
-        """Loss changes when the activation after layer ``l`` is a step function (see module doc)."""
-        rows = fw.rows
-        elt = fw.residual.element_size()
-        # unit-major copies so that gathering unit o / input i reads one contiguous row
-        z_t = fw.z[l].T.contiguous()  # (out_l, B)
-        h_t = fw.h[l].T.contiguous()  # (out_l, B), quantised
-        hp_t = fw.h[l - 1].T.contiguous()  # (in_l, B)
-        w_next_t = point[f"fc{l + 1}"].T.contiguous()  # (out_l, out_{l+1}): row o is column o of W_{l+1}
-        width = max(p.shape[0] for p in point.values())
-        coords_per_chunk = max(1, int(self.chunk_bytes // (rows * elt * 6)))
-        pairs_per_chunk = max(1, int(self.chunk_bytes // (width * elt * 6)))
+        """Loss changes when the activation after layer ``l`` is a staircase (see module doc).
 
-        out = torch.zeros(o.numel(), dtype=fw.residual.dtype, device=fw.residual.device)
-        for start in range(0, o.numel(), coords_per_chunk):
-            sl = slice(start, start + coords_per_chunk)
-            ok = o[sl]
-            moved = torch.addcmul(z_t[ok], delta[sl, None], hp_t[i[sl]])  # z_l[:, o] + delta h_{l-1}[:, i]
-            jump = self.quantize(moved) - h_t[ok]  # (k, B): nonzero where the activation flips
-            coord, row = jump.nonzero(as_tuple=True)
-            size = jump[coord, row]
-            del moved, jump
-            for p0 in range(0, coord.numel(), pairs_per_chunk):
-                ps = slice(p0, p0 + pairs_per_chunk)
-                kk, bb = coord[ps] + start, row[ps]
-                # a jump of unit o moves z_{l+1} of that row by size * W_{l+1}[:, o]
-                dz = size[ps, None] * w_next_t[o[kk]]
-                dout, kk, bb = self._propagate(point, fw, l + 1, dz, kk, bb)
-                out.index_add_(0, kk, dout * (2 * fw.residual[bb] + dout))
-        return out / rows
-
-    def _propagate(
-        self, point: dict[str, torch.Tensor], fw: _Forward, m: int, dz: torch.Tensor, kk: torch.Tensor, bb: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Carry changes ``dz`` of ``z_m`` (one row per pair) up to the output's change.
-
-        Pairs whose quantised activation does not change at some layer are dropped there.
+        Coordinates are grouped by their unit o. For unit o only rows whose ``z_l[b, o]`` lies
+        within ``max |delta| * max_i |h_{l-1}[b, i]|`` of a threshold can change level (the
+        candidates R); for those, :meth:`_unit_table` gives the row's loss change for each level
+        the unit could take (zero for its current level), which depends on (b, o, level) but not
+        on i or delta. A coordinate's change is then the sum over R of the table entry at the
+        level its moved pre-activation falls in.
         """
-        while m < self.depth:
-            dh = self.quantize(fw.z[m][bb] + dz) - fw.h[m][bb]
-            alive = (dh != 0).any(1)
-            dh, kk, bb = dh[alive], kk[alive], bb[alive]
+        thresholds = self._thresholds(fw.residual)
+        z, h_prev = fw.z[l], fw.h[l - 1]
+        dtype = fw.residual.dtype
+        slack = 8 * torch.finfo(dtype).eps  # the candidate test must not miss a rounding-level crossing
+        distance = (z[..., None] - thresholds).abs().amin(-1)  # (B, out_l)
+        row_reach = h_prev.abs().amax(1)  # (B,)
+        out = torch.zeros(o.numel(), dtype=dtype, device=fw.residual.device)
+        order = torch.argsort(o, stable=True)
+        units, counts = torch.unique_consecutive(o[order], return_counts=True)
+        for unit, coords in zip(units.tolist(), torch.split(order, counts.tolist())):
+            reach = delta[coords].abs().max() * row_reach
+            (rows,) = (distance[:, unit] <= reach * (1 + slack) + slack * z[:, unit].abs()).nonzero(as_tuple=True)
+            if rows.numel() == 0:
+                continue
+            table = self._unit_table(point, fw, l, unit, rows, thresholds)  # (R, levels)
+            z_o, h_rows = z[:, unit].index_select(0, rows)[:, None], h_prev.index_select(0, rows)
+            per_chunk = max(1, int(self.chunk_bytes // (rows.numel() * fw.residual.element_size() * 4)))
+            for chunk in torch.split(coords, per_chunk):
+                moved = torch.addcmul(z_o, h_rows.index_select(1, i[chunk]), delta[chunk][None, :])  # (R, k)
+                out[chunk] = _staircase_lookup(moved, thresholds, table).sum(0)
+        return out / fw.rows
+
+    def _thresholds(self, like: torch.Tensor) -> torch.Tensor:
+        thresholds = getattr(self.quantize, "thresholds", None)
+        if thresholds is None:
+            raise TypeError(
+                f"ToyBatchedMixin: quantize must be quantizers.identity or a Staircase with thresholds, got {self.quantize!r}"
+            )
+        return torch.tensor(thresholds, dtype=like.dtype, device=like.device)
+
+    def _unit_table(
+        self, point: dict[str, torch.Tensor], fw: _Forward, l: int, unit: int, rows: torch.Tensor, thresholds: torch.Tensor
+    ) -> torch.Tensor:
+        """``T[r, j]``: the change of row ``rows[r]``'s ``(out - y)^2`` when ``h_l[., unit]`` takes level j.
+
+        Zero where the unit already has level j. The level values are what ``quantize`` itself
+        returns on each step (level j starts at threshold j - 1). A jump of the unit moves
+        ``z_{l+1}`` by ``jump * W_{l+1}[:, unit]`` (rank one); from there the rows go through the
+        rest of the net, every level at once.
+        """
+        starts = torch.cat([thresholds[:1] - 1, thresholds])
+        level_values = self.quantize(starts)  # (levels,)
+        jump = level_values[:, None] - fw.h[l][:, unit].index_select(0, rows)  # (levels, R)
+        level, r = jump.nonzero(as_tuple=True)  # only real jumps: a unit's own level changes nothing
+        at = rows.index_select(0, r)
+        dz = jump[level, r, None] * point[f"fc{l + 1}"][:, unit]  # (jumps, out_{l+1})
+        for m in range(l + 1, self.depth):
+            dh = self.quantize(fw.z[m].index_select(0, at) + dz) - fw.h[m].index_select(0, at)
             dz = dh @ point[f"fc{m + 1}"].T
-            m += 1
-        return dz[:, 0], kk, bb
+        dout = dz[:, 0]
+        table = torch.zeros((rows.numel(), level_values.numel()), dtype=dz.dtype, device=dz.device)
+        table[r, level] = dout * (2 * fw.residual.index_select(0, at) + dout)
+        return table
+
+
+def _staircase_lookup(x: torch.Tensor, thresholds: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``table[r, j]`` where j counts the thresholds ``<= x[r, k]`` (a value on a threshold goes up).
+
+    A chain of ``where`` (exact entries, no integer level tensor): ``x`` is (R, k), ``table`` (R, levels).
+    """
+    out = table[:, :1].expand_as(x)
+    for j, t in enumerate(thresholds, start=1):
+        out = torch.where(x >= t, table[:, j:j + 1], out)
+    return out
