@@ -118,3 +118,35 @@ def test_random_ste_is_random_but_reproducible(random, toy):
 def test_random_ste_rejects_low_above_high():
     with pytest.raises(ValueError, match=r"random_ste: expected low <= high, got low=0\.9 high=0\.2"):
         estimators.get({"kind": "random_ste", "low": 0.9, "high": 0.2})
+
+
+# -- the report's follow-up section (analysis: pandas only) ----------------------------------
+
+
+def test_report_counts_batches_where_an_estimator_beats_vanilla_ste(tmp_path):
+    from analysis.core import load_results
+    from analysis.sections import followups as section
+    from tests.analysis_synthetic import probe_rows, write_cell
+
+    def cell(estimator: dict, best: list[float]) -> str:
+        # two lrs per batch; the best decrease is at lr 0.2
+        rows = probe_rows({(b, lr): d * (1.0 if lr == 0.2 else 0.5) for b, d in enumerate(best) for lr in (0.1, 0.2)})
+        return write_cell(tmp_path, {"problem.kind": "toy_mlp", "problem.dim": 4, "seed": 0, **estimator}, rows)
+
+    cell({"estimator.kind": "ste", "estimator.variant": "clipped", "estimator.threshold": 1.0}, [0.1, 0.2, 0.3, 0.4])
+    cell({"estimator.kind": "ste", "estimator.variant": "clipped", "estimator.threshold": 0.5}, [0.05, 0.05, 0.05, 0.9])
+    for n, best in [(1, [0.2, 0.1, 0.5, 0.4]), (2, [0.3, 0.3, 0.4, 0.5])]:
+        cell({"estimator.kind": "sr_ste", "estimator.samples": n, "estimator.tau": 0.1}, best)
+
+    data = load_results(tmp_path)
+    per_batch = section.best_per_batch(data)
+    assert per_batch["best_lr"].eq(0.2).all()
+    rates = section.beat_rates(data, per_batch).merge(data.cells.drop_duplicates("config")[["config", "estimator_label"]])
+    wins = dict(zip(rates["estimator_label"], zip(rates["wins"], rates["batches"])))
+    # ties (batch 3 of N = 1) are not wins; the t = 0.5 variant is not vanilla, so it is counted too
+    assert sorted(wins.values()) == [(1, 4), (2, 4), (4, 4)]
+
+    figures = section.section(data, tmp_path / "figures")
+    titles = [f.title for f in figures]
+    assert any(t.startswith("sr-STE vs N") for t in titles) and any(t.startswith("beats vanilla STE") for t in titles)
+    assert all(f.path.is_file() for f in figures)

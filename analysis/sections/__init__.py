@@ -11,4 +11,5 @@ from __future__ import annotations
 SECTIONS: list[str] = [
     "probe",
     "descent",
+    "followups",
 ]
