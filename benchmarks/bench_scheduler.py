@@ -2,9 +2,9 @@
 
 1. ``sweep``: N cells of about 50 ms each on a local Ray with C CPUs. Efficiency = ideal / wall,
    where ideal = (sum of the cells' measured ``cell_seconds``) / C. Two kinds of cell:
-   ``real`` (a toy probe of dim 4, batch 64, clipped STE: about 50 ms, all of it real work) and
-   ``delay`` (the same tiny cell plus ``GRADSWEEP_CELL_DELAY``-style sleep of 50 ms: the
-   scheduler's overhead alone, as the sleep leaves the CPUs to the driver). Wall time counts
+   ``real`` (a toy probe of dim 16, batch 4096, clipped STE: about 50 ms of real work) and
+   ``delay`` (a probe of dim 4, batch 64, about 10 ms, plus a ``GRADSWEEP_CELL_DELAY``-style
+   sleep of 40 ms: mostly the scheduler's overhead, as the sleep leaves the CPUs to the driver). Wall time counts
    from submission to the last file written; Ray's start-up is printed apart.
 2. ``plan``: ``gradsweep plan`` on a 200,000-cell spec against a folder holding 100,000 done
    cells (small valid Parquet files with the gradsweep footer metadata), in a fresh process,
@@ -29,7 +29,7 @@ from pathlib import Path
 
 SWEEP_SPEC = """\
 name: bench-sweep
-problem: {{kind: toy_mlp, dim: 4, depth: 3, data: {{batch_size: 64, batches: 1}}}}
+problem: {{kind: toy_mlp, dim: {dim}, depth: 3, data: {{batch_size: {batch}, batches: 1}}}}
 estimator: {{kind: ste, variant: clipped}}
 measure: {{lrs: [0.01, 0.1, 1.0]}}
 seeds: {{arange: [0, {n}, 1]}}
@@ -58,12 +58,15 @@ def bench_sweep(n: int, kind: str, cpus: int, workdir: Path) -> None:
     from gradsweep.store import read_results
 
     spec = workdir / f"sweep-{kind}.yaml"
-    spec.write_text(SWEEP_SPEC.format(n=n))
+    # real: a probe whose own work is about 50 ms on one core; delay: a tiny probe (about 10 ms)
+    # plus a 40 ms sleep, which leaves the CPUs to the scheduler
+    dim, batch, delay = (16, 4096, 0.0) if kind == "real" else (4, 64, 0.04)
+    spec.write_text(SWEEP_SPEC.format(n=n, dim=dim, batch=batch))
     sweep = load_spec(spec)
     t0 = time.perf_counter()
     ensure_ray(num_cpus=cpus)
     startup = time.perf_counter() - t0
-    hooks = FaultHooks(delay=0.05 if kind == "delay" else 0.0)
+    hooks = FaultHooks(delay=delay)
     t0 = time.perf_counter()
     result = run(sweep, workdir / kind, RayExecutor(hooks=hooks), stream=io.StringIO())
     wall = time.perf_counter() - t0

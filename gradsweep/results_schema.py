@@ -124,12 +124,23 @@ def results_schema() -> pa.Schema:
     return _SCHEMA
 
 
+_PARAM_COLUMNS: frozenset[str] | None = None
+
+
+def _param_columns() -> frozenset[str]:
+    """The parameter column names, computed once (flatten_cell runs once per cell written)."""
+    global _PARAM_COLUMNS
+    if _PARAM_COLUMNS is None:
+        _PARAM_COLUMNS = frozenset(f.name for f in param_fields())
+    return _PARAM_COLUMNS
+
+
 def flatten_cell(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """A canonical cell config as ``{column: value}``: nested keys joined by dots, lists as JSON.
 
     Paths that are not columns (the lr grid) are left out.
     """
-    columns = {f.name for f in param_fields()}
+    columns = _param_columns()
     out: dict[str, Any] = {}
 
     def visit(node: Any, path: str) -> None:

@@ -22,6 +22,7 @@ Imports pyarrow only: no torch, no Ray.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import socket
@@ -91,6 +92,12 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+@functools.lru_cache(maxsize=1024)
+def _nulls(n: int, dtype: pa.DataType) -> pa.Array:
+    """An all-null column (immutable, so shared between the cells of a sweep)."""
+    return pa.nulls(n, type=dtype)
+
+
 def cell_table(
     sweep: str, cell_id: str, config: Mapping[str, Any], rows: Any, provenance: Mapping[str, Any]
 ) -> pa.Table:
@@ -103,14 +110,18 @@ def cell_table(
     is an error: results must keep one schema.
     """
     schema = results_schema()
-    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pandas(rows, preserve_index=False)
-    unknown = sorted(set(table.column_names) - set(schema.names))
+    if isinstance(rows, pa.Table):
+        given = {name: rows.column(name) for name in rows.column_names}
+        n = rows.num_rows
+    else:  # column by column: cheaper than Table.from_pandas for a few columns; NaN becomes null as there
+        given = {name: rows[name].to_numpy() for name in rows.columns}
+        n = len(rows)
+    unknown = sorted(set(given) - set(schema.names))
     if unknown:
         raise ValueError(
             f"cell {cell_id}: run_cell returned columns that the results schema does not declare: "
             f"{', '.join(unknown)}"
         )
-    n = table.num_rows
     constants: dict[str, Any] = {
         "sweep": sweep, "cell_id": cell_id, "experiment": config.get("experiment"),
         **flatten_cell(config),
@@ -118,13 +129,16 @@ def cell_table(
     constants.update(provenance)  # a column run_cell returned (run_device) takes precedence
     columns = []
     for f in schema:
-        if f.name in table.column_names:
-            col = table.column(f.name)
-            columns.append(col if col.type == f.type else col.cast(f.type))
+        if f.name in given:
+            col = given[f.name]
+            if isinstance(col, (pa.Array, pa.ChunkedArray)):
+                columns.append(col if col.type == f.type else col.cast(f.type))
+            else:
+                columns.append(pa.array(col, type=f.type, from_pandas=True))
         elif f.name in constants and constants[f.name] is not None:
             columns.append(pa.array([constants[f.name]] * n, type=f.type))
         else:
-            columns.append(pa.nulls(n, type=f.type))
+            columns.append(_nulls(n, f.type))
     meta = {
         KEY_CELL_ID: cell_id.encode(),
         KEY_SWEEP: sweep.encode(),
