@@ -62,8 +62,10 @@ def test_descent_cell_and_dtype_default():
 def test_pretrained_cell_trains_once(tmp_path):
     cfg = {**TOY, "problem": {**TOY["problem"], "pretrain": {"steps": 20, "batch_size": 64}},
            "estimator": {"kind": "ste"}, "measure": {"lrs": [0.1]}}
-    run_cell(cfg, cache_dir=tmp_path)
+    table = run_cell(cfg, cache_dir=tmp_path)
     assert len(list((tmp_path / "toy_pretrain").glob("*.pt"))) == 1
+    curve = table[table["record"] == "pretrain"]
+    assert curve.index.tolist() == list(range(20)) and curve["step"].tolist() == list(range(1, 21))
     run_cell({**cfg, "measure": {"lrs": [0.2]}}, cache_dir=tmp_path)
     assert len(list((tmp_path / "toy_pretrain").glob("*.pt"))) == 1
 

@@ -86,6 +86,9 @@ def test_pretraining_lowers_the_loss_and_is_cached(tmp_path):
     losses = first.pretrain_losses
     assert len(losses) == 150
     assert sum(losses[-20:]) / 20 < 0.7 * sum(losses[:20]) / 20
+    assert [r["step"] for r in first.records] == list(range(2, 151, 2))  # at most 100 rows of the curve
+    assert first.records[-1] == {"record": "pretrain", "step": 150, "loss": losses[-1]}
+    assert raw.records == []
     batch = next(raw.batches())
     assert first.loss(first.point(), batch) < raw.loss(raw.point(), batch)
 

@@ -71,6 +71,8 @@ def run(problem: Problem, estimator: Any, config: Mapping[str, Any], *, generato
         raise ValueError("measure.lrs: expected at least one learning rate")
     reference = estimators.get(measure["reference"]) if measure.get("reference") else None
     evaluate = measure.get("evaluate", "plain")
+    if evaluate == "estimator" and not hasattr(estimator, "evaluation_surrogate"):
+        _loss_function(estimator, evaluate, problem, {}, None, generator_for("evaluate"))  # raises, before any work
     layers = problem.select_layers(config.get("params", "all"))
     point = problem.point()
 

@@ -18,11 +18,14 @@ seed gives the same teacher, student and data on every device):
   ``y = teacher(x)``;
 - pretraining step ``s``: fresh inputs from ``generator(seed, "pretrain", s)``.
 
-``pretrain`` trains the student with vanilla STE (clipped, t = 1) and caches its weights with
+``pretrain`` trains the student with vanilla STE (clipped, t = 1) on fresh batches, with the
+cell's optimizer (``momentum`` is SGD with momentum 0.9), and caches its weights with
 :func:`gradsweep.cache.cached_file`, keyed by everything that determines them (the problem config
 without ``data``, the seed, the dtype, the torch version): the many cells of a grid that share a
 student train it once, and concurrent processes wait for the first. The key leaves the device out
-on purpose, so CPU and GPU cells share one student (whichever trained it first).
+on purpose, so CPU and GPU cells share one student (whichever trained it first). The training
+curve (at most :data:`PRETRAIN_ROWS` rows ``record="pretrain"``: ``step``, ``loss``) is kept in
+:attr:`ToyMLP.records`, which ``run_cell`` puts first in the cell's table.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ __all__ = ["ToyMLP", "build"]
 
 #: bump when the training procedure changes, so old cached students are not reused
 PRETRAIN_FORMAT = 1
+#: at most this many ``record="pretrain"`` rows (step, training loss) go into each cell's table
+PRETRAIN_ROWS = 100
 
 
 def _option(cfg: Mapping[str, Any], key: str, group: catalog.Group = catalog.TOY_MLP) -> Any:
@@ -190,6 +195,12 @@ class ToyMLP(ToyBatchedMixin, Problem):
         self.student = {n: w.to(self.device, self.dtype) for n, w in saved["weights"].items()}
         self.pretrain_losses = list(saved["losses"])
         self.pretrain_cache_hit = hit
+        every = max(1, math.ceil(steps / PRETRAIN_ROWS))
+        self.records = [
+            {"record": "pretrain", "step": s + 1, "loss": loss}
+            for s, loss in enumerate(self.pretrain_losses)
+            if (s + 1) % every == 0 or s + 1 == steps
+        ]
 
     def _train(self, steps: int, batch_size: int, lr: float, optimizer: str) -> tuple[Point, list[float]]:
         from gradsweep.estimators.ste import Clipped  # the science layer's surrogate, vanilla t = 1
