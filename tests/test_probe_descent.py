@@ -167,3 +167,15 @@ def test_descent_sigma_decay_rebuilds_nes():
                         generator_for=generator_for)
     assert table["epsilon"].tolist() == pytest.approx([0.1, 0.01, 0.001])
     assert table["lr"].tolist() == [0.01, 0.01, 0.01]
+
+
+def test_evaluate_estimator_judges_with_the_sr_ste_forward(tmp_path):
+    p = toy(tmp_path, batches=1)
+    est = estimators.get({"kind": "sr_ste", "tau": 0.5, "samples": 2})
+    plain = probe.run(p, est, {"measure": {"lrs": [0.1, 0.2]}}, generator_for=generator_for)
+    judged = probe.run(p, est, {"measure": {"lrs": [0.1, 0.2], "evaluate": "estimator"}}, generator_for=generator_for)
+    assert plain["loss_before"].iloc[0] == pytest.approx(p.loss(p.point(), next(p.batches())).item(), rel=1e-12)
+    assert judged["loss_before"].iloc[0] != plain["loss_before"].iloc[0]  # stochastic rounding, not sign
+    assert judged["grad_norm"].tolist() == plain["grad_norm"].tolist()  # the same estimate
+    again = probe.run(p, est, {"measure": {"lrs": [0.1, 0.2], "evaluate": "estimator"}}, generator_for=generator_for)
+    assert judged.drop(columns="estimator_seconds").equals(again.drop(columns="estimator_seconds"))
