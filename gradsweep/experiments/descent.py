@@ -8,7 +8,7 @@
   with ``generator_for("estimate", s, estimator seed)``, ``d = g / ||g||`` when ``normalize`` (one
   norm over all layers; a zero estimate gives no move) else ``g``, and the optimizer's update
   with ``d`` as the gradient (``sgd``: ``w <- w - lr d``; ``momentum`` (``step.momentum``) and
-  ``adam`` as in ``torch.optim``);
+  ``adam``: :class:`gradsweep.optimizers.Optimizer`, torch's rules);
 - ``decay: {factor, every, after, applies_to}``: the decays happen at the steps
   ``start, start + every, start + 2 every, ...`` where ``start = after`` (or ``every`` when
   ``after`` is 0); from a decay on, every name in ``applies_to`` (``lr``, ``epsilon``, ``sigma``)
@@ -30,6 +30,7 @@ import torch
 
 from gradsweep import catalog, estimators
 from gradsweep.experiments import GeneratorFor, estimator_seed, normalized, timed_estimate
+from gradsweep.optimizers import OPTIMIZERS, Optimizer
 from gradsweep.problems.base import Problem
 
 __all__ = ["run", "decays_before"]
@@ -79,13 +80,10 @@ def run(problem: Problem, estimator: Any, config: Mapping[str, Any], *, generato
     batch = next(iter(problem.batches()))
     start = problem.point()
     params = {n: start[n].detach().clone() for n in layers}
-    if optimizer_name == "adam":
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(params.values(), lr=lr0)
-    elif optimizer_name in ("sgd", "momentum"):
-        momentum = float(_option(step_cfg, "momentum", catalog.STEP)) if optimizer_name == "momentum" else 0.0
-        optimizer = torch.optim.SGD(params.values(), lr=lr0, momentum=momentum)
-    else:
-        raise ValueError(f"step.optimizer: expected one of {catalog.OPTIMIZERS}, got {optimizer_name!r}")
+    if optimizer_name not in OPTIMIZERS:
+        raise ValueError(f"step.optimizer: expected one of {OPTIMIZERS}, got {optimizer_name!r}")
+    momentum = float(_option(step_cfg, "momentum", catalog.STEP)) if optimizer_name == "momentum" else 0.0
+    optimizer = Optimizer(optimizer_name, lr0, momentum=momentum)
 
     base_config = estimator.get_config()
     current, current_decays = estimator, 0
@@ -101,7 +99,7 @@ def run(problem: Problem, estimator: Any, config: Mapping[str, Any], *, generato
         with torch.no_grad():
             loss = float(problem.loss(point(), batch))
         rows.append({
-            "record": "descent", "step": step, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
+            "record": "descent", "step": step, "loss": loss, "lr": optimizer.lr,
             "epsilon": float(current.params[scale]) if scale else None, "estimator_seconds": seconds,
         })
         seconds = 0.0
@@ -110,8 +108,7 @@ def run(problem: Problem, estimator: Any, config: Mapping[str, Any], *, generato
         k = decays_before(step, every=every, after=after) if decay else 0
         if k != current_decays:
             current_decays = k
-            for group in optimizer.param_groups:
-                group["lr"] = lr0 * factor**k if "lr" in applies_to else lr0
+            optimizer.lr = lr0 * factor**k if "lr" in applies_to else lr0
             changed = {n: base_config[n] * factor**k for n in applies_to if n != "lr"}
             if changed:
                 current = estimators.get({**base_config, **changed})
@@ -124,7 +121,5 @@ def run(problem: Problem, estimator: Any, config: Mapping[str, Any], *, generato
         )
         seconds += spent
         direction = normalized(grads)[0] if normalize else grads
-        for n in layers:
-            params[n].grad = direction[n].to(params[n].dtype)
-        optimizer.step()
+        optimizer.step(params, {n: direction[n].to(params[n].dtype) for n in layers})
     return pd.DataFrame(rows)

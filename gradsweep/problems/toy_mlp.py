@@ -38,6 +38,7 @@ import torch
 
 from gradsweep import catalog
 from gradsweep.cache import cached_file
+from gradsweep.optimizers import Optimizer
 from gradsweep.problems.base import Batch, Point, Problem, Surrogate
 from gradsweep.problems.quantizers import get_quantizer
 from gradsweep.problems.toy_batched import ToyBatchedMixin
@@ -206,21 +207,19 @@ class ToyMLP(ToyBatchedMixin, Problem):
         from gradsweep.estimators.ste import Clipped  # the science layer's surrogate, vanilla t = 1
 
         ste = Clipped(1.0)
-        params = {n: w.detach().clone().requires_grad_(True) for n, w in self.student.items()}
-        if optimizer == "adam":
-            opt: torch.optim.Optimizer = torch.optim.Adam(params.values(), lr=lr)
-        else:
-            opt = torch.optim.SGD(params.values(), lr=lr, momentum=0.9 if optimizer == "momentum" else 0.0)
+        params = {n: w.detach().clone() for n, w in self.student.items()}
+        names = list(params)
+        opt = Optimizer(optimizer, lr)
         losses: list[float] = []
-        with torch.enable_grad():
-            for step in range(steps):
-                x = self.draw_inputs("pretrain", step, batch_size=batch_size)
-                loss = self.loss(params, (x, self.teacher_outputs(x)), surrogate=ste)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
-        return {n: p.detach() for n, p in params.items()}, losses
+        for step in range(steps):
+            x = self.draw_inputs("pretrain", step, batch_size=batch_size)
+            leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+            with torch.enable_grad():
+                loss = self.loss(leaves, (x, self.teacher_outputs(x)), surrogate=ste)
+                grads = torch.autograd.grad(loss, [leaves[n] for n in names])
+            opt.step(params, dict(zip(names, grads)))
+            losses.append(float(loss.detach()))
+        return params, losses
 
 
 def build(
