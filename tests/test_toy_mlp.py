@@ -108,3 +108,29 @@ def test_pretraining_lowers_the_loss_and_is_cached(tmp_path):
 def test_build_problem_dispatches_on_kind(tmp_path):
     p = build_problem({"kind": "toy_mlp", "dim": 4}, seed=0, dtype=torch.float32, device=CPU, cache_dir=tmp_path)
     assert isinstance(p, ToyMLP) and p.point()["fc1"].dtype == torch.float32
+
+
+CONCURRENT = """
+import sys, torch
+torch.set_num_threads(1)
+from gradsweep.problems.toy_mlp import build
+cfg = {"kind": "toy_mlp", "dim": 16, "pretrain": {"steps": 100, "batch_size": 1000}}
+p = build(cfg, seed=0, dtype=torch.float32, device=torch.device("cpu"), cache_dir=sys.argv[1])
+print(p.pretrain_cache_hit, float(sum(w.double().sum() for w in p.point().values())))
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_processes_train_one_student(tmp_path):
+    import subprocess
+    import sys
+
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CONCURRENT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(hit for hit, _ in outs) == ["False", "True"]  # one trained, the other waited and read
+    assert outs[0][1] == outs[1][1]
+    assert len(list((tmp_path / "toy_pretrain").glob("*.pt"))) == 1
