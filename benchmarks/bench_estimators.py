@@ -102,8 +102,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"toy d={args.dim} depth={args.depth} batch={args.batch} {args.activation} {args.dtype} "
           f"on {device} (torch threads: {threads}); {total} coordinates")
 
-    rows = []
     header = f"{'estimator':<14}{'seconds':>10}{'plain s':>12}{'speedup':>10}{'max |diff|':>12}{'rel diff':>10}  plain loop"
+    print(header, flush=True)
+
+    def row(name: str, fast_s: float, plain_s: float, diff: float, rel: float, note: str) -> None:
+        print(f"{name:<14}{fast_s:>10.3f}{plain_s:>12.2f}{plain_s / fast_s:>9.1f}x{diff:>12.2e}{rel:>10.1e}  {note}",
+              flush=True)
+
     if not args.skip_cdg:
         cdg = estimators.get({"kind": "cdg", "epsilon": args.epsilon})
         cdg.estimate(problem, point, batch, layers[-1:], torch.Generator())  # warm-up
@@ -121,8 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         plain_s, plain = timed(lambda: cdg_plain(problem, point, batch, layers, args.epsilon, coordinates=coords), device)
         plain_full = plain_s * total / len(picks)
         diff, rel = max_difference(fast, plain, mask)
-        rows.append((f"cdg eps={args.epsilon:g}", fast_s, plain_full, diff, rel,
-                     f"{len(picks)} of {total} coords, extrapolated"))
+        row(f"cdg eps={args.epsilon:g}", fast_s, plain_full, diff, rel, f"{len(picks)} of {total} coords, extrapolated")
 
     peak = matmul_peak(device, dtype) if device.type == "cuda" else None
     for n in args.samples:
@@ -138,11 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         if peak is not None:
             reached = nes_matmul_flops(problem, n, args.batch) / fast_s
             note += f"; {reached / 1e12:.1f} TFLOP/s = {reached / peak:.0%} of matmul peak {peak / 1e12:.1f}"
-        rows.append((f"nes n={n}", fast_s, plain_s * n / m, diff, rel, note))
-
-    print(header)
-    for name, fast_s, plain_s, diff, rel, note in rows:
-        print(f"{name:<14}{fast_s:>10.3f}{plain_s:>12.2f}{plain_s / fast_s:>9.1f}x{diff:>12.2e}{rel:>10.1e}  {note}")
+        row(f"nes n={n}", fast_s, plain_s * n / m, diff, rel, note)
 
 
 if __name__ == "__main__":
