@@ -204,10 +204,11 @@ class ToyMLP(ToyBatchedMixin, Problem):
         ]
 
     def _train(self, steps: int, batch_size: int, lr: float, optimizer: str) -> tuple[Point, list[float]]:
+        """Vanilla-STE training from the raw student (whatever ``self.student`` holds now)."""
         from gradsweep.estimators.ste import Clipped  # the science layer's surrogate, vanilla t = 1
 
         ste = Clipped(1.0)
-        params = {n: w.detach().clone() for n, w in self.student.items()}
+        params = {n: w.to(self.device) for n, w in _draw_weights(self.seed, "student", self.dim, self.depth, self.dtype).items()}
         names = list(params)
         opt = Optimizer(optimizer, lr)
         losses: list[float] = []
