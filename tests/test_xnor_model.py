@@ -194,3 +194,71 @@ def test_pretrained_network_is_cached_and_its_curve_becomes_pretrain_rows(tmp_pa
     assert [r["record"] for r in rows] == ["pretrain"] and rows[0]["step"] == 4 and rows[0]["epoch"] == 1
     assert set(rows[0]) == {"record", "step", "epoch", "loss", "accuracy", "val_loss", "val_accuracy"}
     assert 0 <= rows[0]["val_accuracy"] <= 1
+
+
+SMALL_SPEC = """\
+name: xnor-tiny
+description: a tiny XNOR sweep for the end-to-end test
+experiment: probe
+problem:
+  kind: xnor_resnet18
+  channels: 2
+  weights: binary
+  data: {source: synthetic, batch_size: 16, batches: 2, image_size: 8, train_size: 256}
+  coords: {sample: 60}
+estimator:
+  - kind: cdg
+    epsilon: 0.1
+  - kind: ste
+    variant: clipped
+params: {grid: [[conv:1], [conv:-2]]}
+measure:
+  lrs: [0.1, 1.0]
+  reference: {kind: ste, variant: clipped}
+seeds: [0]
+resources: {cpu: 1, gpu: 0}
+device: cpu
+"""
+
+
+@pytest.mark.slow
+def test_a_small_probe_sweep_runs_through_ray_to_parquet_and_into_the_report(ray_local, tmp_path: Path) -> None:
+    import io
+
+    import pandas as pd
+
+    from analysis.cli import build_report
+    from gradsweep.executors import FaultHooks
+    from gradsweep.executors.ray_executor import RayExecutor
+    from gradsweep.runner import run
+    from gradsweep.spec import load_spec
+
+    spec = tmp_path / "xnor-tiny.yaml"
+    spec.write_text(SMALL_SPEC)
+    result = run(load_spec(spec), tmp_path / "results", RayExecutor(hooks=FaultHooks()), stream=io.StringIO())
+    assert (result.done, result.failed) == (4, [])
+    frame = pd.read_parquet(tmp_path / "results" / "xnor-tiny")
+    assert frame["cell_id"].nunique() == 4
+    probe = frame[frame["record"] == "probe"]
+    assert len(probe) == 4 * 2 * 2 and probe["loss_decrease"].notna().all()
+    cosine = frame[frame["record"] == "cosine"]
+    assert set(cosine["layer"]) == {"layer1.0.conv1", "layer4.1.conv1", "all"}
+    assert set(frame["problem.coords.sample"]) == {60} and set(frame["params"]) == {'["conv:1"]', '["conv:-2"]'}
+
+    report = build_report(tmp_path / "results" / "xnor-tiny")
+    xnor = next(s for s in report.sections if s.name == "xnor")
+    assert xnor.error is None
+    names = sorted(f.path.name for f in xnor.figures)
+    assert sum(n.startswith("xnor-batches-") for n in names) == 1  # one setting, a panel per layer
+    assert sum(n.startswith("xnor-cosine-") for n in names) == 1
+
+
+def test_run_cell_puts_the_pretraining_curve_in_the_cell_table(tmp_path: Path) -> None:
+    from gradsweep.cell import run_cell
+
+    cfg = {"experiment": "probe", "problem": tiny_cfg(steps=4, checkpoint_every=2), "estimator": {"kind": "cdg"},
+           "params": ["conv:8"], "measure": {"lrs": [0.1]}, "device": "cpu"}
+    cfg["problem"]["data"]["batches"] = 1
+    table = run_cell(cfg, cache_dir=tmp_path)
+    assert list(table["record"]) == ["pretrain", "probe"]
+    assert table.loc[0, "step"] == 4 and table.loc[0, "val_accuracy"] >= 0
