@@ -12,4 +12,5 @@ SECTIONS: list[str] = [
     "probe",
     "descent",
     "followups",
+    "xnor",
 ]
