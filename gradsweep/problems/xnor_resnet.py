@@ -495,7 +495,7 @@ def build(cfg: Mapping[str, Any], *, seed: int, dtype: torch.dtype, device: torc
     else:
         weights, state = init_params(architecture(channels), channels, seed, dtype, device)
     coords = cfg.get("coords") or {}
-    return XnorResNet(
+    problem = XnorResNet(
         channels=channels,
         binary_weights=cfg.get("weights", "binary") == "binary",
         weights=weights,
@@ -506,3 +506,7 @@ def build(cfg: Mapping[str, Any], *, seed: int, dtype: torch.dtype, device: torc
         seed=seed,
         records=records,
     )
+    if device.type == "cuda":  # stack more perturbed copies per chunk where memory allows
+        free, _ = torch.cuda.mem_get_info(device)
+        problem.chunk_bytes = max(problem.chunk_bytes, min(free // 4, 16 << 30))
+    return problem
