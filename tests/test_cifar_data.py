@@ -101,3 +101,10 @@ def test_augmentation_crops_and_flips_deterministically() -> None:
         padded = torch.nn.functional.pad(src, (2, 2, 2, 2))
         windows = [padded[:, i:i + 6, j:j + 6] for i in range(5) for j in range(5)]
         assert any(torch.equal(img, w) or torch.equal(img, w.flip(-1)) for w in windows)
+
+
+def test_a_probe_without_pretraining_draws_no_synthetic_training_set() -> None:
+    cfg = {"source": "synthetic", "image_size": 8, "train_size": 300}
+    data = load(cfg, seed=3, train=False)
+    assert len(data.train_x) == 0 and len(data.train_y) == 0
+    assert torch.equal(data.val_x, load(cfg, seed=3).val_x)

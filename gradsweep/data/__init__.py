@@ -32,10 +32,12 @@ class Dataset:
         )
 
 
-def load(cfg: Mapping[str, Any], *, seed: int) -> Dataset:
+def load(cfg: Mapping[str, Any], *, seed: int, train: bool = True) -> Dataset:
     """The dataset of a canonical ``problem.data`` config, as float32 on the CPU.
 
     ``source: synthetic`` depends on ``seed`` (the teacher and the images); ``cifar10`` does not.
+    ``train=False`` leaves the synthetic training set empty (a probe without pretraining never
+    reads it, and drawing and labelling 10,000 images costs seconds per cell).
     """
     source = cfg.get("source", "synthetic")
     if source == "synthetic":
@@ -43,7 +45,7 @@ def load(cfg: Mapping[str, Any], *, seed: int) -> Dataset:
 
         n_val = max(1000, int(cfg.get("batch_size", 128)) * int(cfg.get("batches", 10)))
         return synthetic_dataset(
-            seed=seed, train_size=int(cfg.get("train_size", 10000)), val_size=n_val,
+            seed=seed, train_size=int(cfg.get("train_size", 10000)) if train else 0, val_size=n_val,
             image_size=int(cfg.get("image_size", 32)),
         )
     if source == "cifar10":

@@ -34,7 +34,8 @@ class Teacher:
 
     @torch.no_grad()
     def labels(self, x: torch.Tensor, chunk: int = 2000) -> torch.Tensor:
-        return torch.cat([self.logits(x[i:i + chunk]).argmax(1) for i in range(0, len(x), chunk)])
+        parts = [self.logits(x[i:i + chunk]).argmax(1) for i in range(0, len(x), chunk)]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
 
 
 def make_teacher(seed: int, image_size: int) -> Teacher:

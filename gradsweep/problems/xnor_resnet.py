@@ -487,7 +487,7 @@ def build(cfg: Mapping[str, Any], *, seed: int, dtype: torch.dtype, device: torc
 
     channels = int(cfg.get("channels", 8))
     data_cfg = cfg.get("data", {})
-    data = load(data_cfg, seed=seed).to(device, dtype)
+    data = load(data_cfg, seed=seed, train=bool(cfg.get("pretrain"))).to(device, dtype)
     records: list[dict[str, Any]] = []
     if cfg.get("pretrain"):
         trained = pretrained(cfg, data, seed=seed, dtype=dtype, device=device, cache_dir=cache_dir)
