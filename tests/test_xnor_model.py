@@ -262,3 +262,22 @@ def test_run_cell_puts_the_pretraining_curve_in_the_cell_table(tmp_path: Path) -
     table = run_cell(cfg, cache_dir=tmp_path)
     assert list(table["record"]) == ["pretrain", "probe"]
     assert table.loc[0, "step"] == 4 and table.loc[0, "val_accuracy"] >= 0
+
+
+def test_report_takes_the_best_over_lr_and_epsilon_per_batch() -> None:
+    import pandas as pd
+
+    from analysis.sections.xnor import best_per_batch, layer_label
+
+    probe = pd.DataFrame({
+        "batch": [0, 0, 0, 0, 1, 1, 1, 1],
+        "lr": [0.1, 0.5, 0.1, 0.5, 0.1, 0.5, 0.1, 0.5],
+        "estimator.epsilon": [0.1, 0.1, 0.01, 0.01, 0.1, 0.1, 0.01, 0.01],
+        "loss_decrease": [0.2, -0.1, 0.3, 0.25, -0.5, -0.2, -0.4, -0.2],
+    })
+    best = best_per_batch(probe, ["estimator.epsilon"])
+    assert best[["batch", "lr", "estimator.epsilon", "loss_decrease"]].values.tolist() == [
+        [0, 0.1, 0.01, 0.3],
+        [1, 0.5, 0.01, -0.2],  # a tie between epsilons goes to the first in parameter order
+    ]
+    assert layer_label('["conv:-2"]') == "conv:-2" and layer_label('["conv:1", "fc"]') == "conv:1, fc"
