@@ -160,7 +160,8 @@ def cosine_figures(data: ResultsData, cosine: pd.DataFrame, out_dir: Path) -> li
         title = f"cosine of CDG to {key['reference']} - {where}"
         canvas = panels(1, panel=6.0, height=4.6)
         ax = canvas.axes[0]
-        lines = group_keys(part, line_cols)
+        lines = sorted(group_keys(part, line_cols), key=lambda kv: [
+            _layer_order(v) if c == LAYER_COLUMN else (0, 0, format_value(v)) for c, v in kv[0].items()])
         palette = Palette(describe(k, line_cols) for k, _ in lines)
         for line_key, line in lines:
             label = ", ".join(
