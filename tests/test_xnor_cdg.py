@@ -75,16 +75,17 @@ def test_batch_statistics_are_taken_per_perturbed_copy(weights: str) -> None:
         torch.testing.assert_close(got, plain_loop(problem, layer, index, delta), rtol=1e-10, atol=1e-12)
 
 
-def test_small_chunks_give_the_same_losses() -> None:
-    problem = tiny_problem("binary")
-    layer = "layer2.1.conv2"
+@pytest.mark.parametrize("layer", ["layer2.1.conv2", "layer2.0.conv1"])
+def test_small_chunks_give_the_same_losses(layer: str) -> None:
+    problem = tiny_problem("fp")
     index = torch.arange(problem.point()[layer].numel())
     delta = torch.full(index.shape, 0.2, dtype=torch.float64)
     batch = next(problem.batches())
     whole = problem.perturbed_losses(problem.point(), batch, layer, index, delta)
-    problem.chunk_bytes = 1  # one perturbation per chunk
+    problem.chunk_bytes = 1  # one perturbation (or one flipped image) per chunk
     problem._prefix_cache = None
     torch.testing.assert_close(problem.perturbed_losses(problem.point(), batch, layer, index, delta), whole)
+    torch.testing.assert_close(whole, plain_loop(problem, layer, index, delta), rtol=1e-10, atol=1e-12)
 
 
 def test_changes_are_exactly_zero_where_no_activation_flips() -> None:

@@ -12,10 +12,13 @@ the weight crosses 0). So for K perturbations of one layer:
 3. for ``conv1`` of a block, channel ``o_k`` goes through BN2 and ``sign``: a perturbation that
    flips no activation leaves the network's output bit-identical, so its loss is the base loss
    and nothing more is computed; for the others only the flipped activations feed ``conv2``, as a
-   one-input-channel conv added to the block's output;
-4. the K patched block outputs are stacked along the batch axis (K x B images) and run through
-   the blocks after it in chunks of :attr:`Problem.chunk_bytes`, each copy's loss (and, with
-   ``bn: batch``, each copy's BN statistics) taken over its own B images.
+   one-input-channel conv added to the block's output. With ``bn: running`` the images of a
+   batch are independent, so only the (image, perturbation) pairs with a flip are recomputed and
+   the change is ``sum over those images of (CE_new - CE) / B``;
+4. otherwise the K patched block outputs are stacked along the batch axis (K x B images) and run
+   through the blocks after it, each copy's loss (and, with ``bn: batch``, each copy's BN
+   statistics) taken over its own B images. Everything stacked is chunked to
+   :attr:`Problem.chunk_bytes`.
 
 Contract with :class:`gradsweep.problems.xnor_resnet.XnorResNet`, which mixes this class in:
 ``self.blocks``, ``self.state``, ``self.binary_weights``, ``self.subsets``, ``self.indexed_layers``,
@@ -95,6 +98,9 @@ class XnorCdgMixin:
                 new_h1 = F.conv2d(pre["a1"], rows, stride=blk.stride, padding=1)  # (B, k, H, W)
                 new_a2 = net.binary_sign(self._bn_channels(new_h1, f"{blk.name}.bn2", o))
                 da = new_a2 - pre["a2"][:, o]
+                if self.bn == "running":  # type: ignore[attr-defined]
+                    self._flipped_images(pre, da, o, start, changes)
+                    continue
                 flipped = da.ne(0).flatten(2).any(2).any(0).nonzero().flatten()
                 if flipped.numel() == 0:
                     continue
@@ -114,6 +120,35 @@ class XnorCdgMixin:
                 losses = self._suffix(pre["weights"], stacked.view(k * b, *out.shape[1:]), y, j + 1, k)
                 changes[start:start + k] = losses - pre["loss"]
         return pre["loss"], changes
+
+    def _flipped_images(self, pre: dict[str, Any], da: torch.Tensor, o: torch.Tensor, start: int,
+                        changes: torch.Tensor) -> None:
+        """With running BN statistics the images of a batch are independent: recompute only the
+        (image, perturbation) pairs where an activation of channel ``o_k`` flipped, and add
+        ``(CE_new(image) - CE(image)) / B`` to that perturbation's change."""
+        out, y, j = pre["out"], pre["y"], pre["j"]
+        b = out.shape[0]
+        b_idx, k_idx = da.ne(0).flatten(2).any(2).nonzero(as_tuple=True)  # (image, perturbation) pairs
+        per_pair = out[0].numel() * out.element_size() * 12
+        step = max(1, int(self.chunk_bytes // per_pair))
+        for first in range(0, b_idx.numel(), step):
+            bi, ki = b_idx[first:first + step], k_idx[first:first + step]
+            p = bi.numel()
+            w2 = pre["w2q"][:, o[ki]]  # (Cout, p, 3, 3)
+            w2 = w2.transpose(0, 1).reshape(p * w2.shape[0], 1, *w2.shape[2:])
+            dh2 = F.conv2d(da[bi, ki].unsqueeze(0), w2, padding=1, groups=p)  # (1, p*Cout, H, W)
+            stacked = out[bi] + dh2.view(p, *out.shape[1:])
+            ce = self._suffix_ce(pre["weights"], stacked, y[bi], j + 1)
+            changes.index_add_(0, start + ki, (ce - pre["ce"][bi]) / b)
+
+    def _suffix_ce(self, weights: dict[str, torch.Tensor], h: torch.Tensor, y: torch.Tensor, start: int) -> torch.Tensor:
+        """Per-image cross-entropy of block outputs ``h`` from block ``start`` on (running BN)."""
+        from gradsweep.problems import xnor_resnet as net
+
+        ctx = self.ctx()
+        for blk in self.blocks[start:]:
+            h = net.block_forward(blk, weights, self.state, h, ctx)
+        return F.cross_entropy(net.head_forward(weights, self.state, h, ctx), y, reduction="none")
 
     def _bn_channels(self, h: torch.Tensor, name: str, channels: torch.Tensor) -> torch.Tensor:
         """BN of (B, k, H, W) where column k is channel ``channels[k]`` of the BN ``name``."""
@@ -163,7 +198,8 @@ class XnorCdgMixin:
         sc = net.shortcut_forward(blk, weights, self.state, h, ctx)
         out = h2 + sc
         loss = self._suffix(weights, out, y, j + 1, 1)[0]
+        ce = self._suffix_ce(weights, out, y, j + 1) if self.bn == "running" else None  # type: ignore[attr-defined]
         value = {"j": j, "which": int(conv[-1]), "weights": weights, "a1": a1, "a2": a2, "w2q": w2q,
-                 "sc": sc, "out": out, "loss": loss, "_keep": (batch, dict(point))}
+                 "sc": sc, "out": out, "y": y, "loss": loss, "ce": ce, "_keep": (batch, dict(point))}
         self._prefix_cache = (key, value)
         return value
