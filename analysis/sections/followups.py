@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from analysis.core import Figure, ResultsData, describe, format_value, group_keys, short_name, varying
+from analysis.core import KIND_NAMES, Figure, ResultsData, describe, format_value, group_keys, short_name, varying
 from analysis.figures import Palette, panels, slug
 
 TITLE = "Follow-ups: sr-STE against N, who beats vanilla STE, NES against CDG, training curves"
@@ -143,7 +143,6 @@ def sr_ste_figures(data: ResultsData, per_batch: pd.DataFrame, out_dir: Path) ->
             lr_std=("best_lr", "std"),
         )
         n = stats.index.to_numpy()
-        mean_ax.plot(n, stats["before"], ":", color="tab:gray", marker=".", label="sr-STE: loss before")
         mean_ax.plot(n, stats["after"], "-", color="tab:red", marker=".", label="sr-STE: best loss after")
         mean_ax.fill_between(n, stats["after_min"], stats["after_max"], color="tab:red", alpha=0.15, linewidth=0)
         keyed = part.set_index(["cell_id", "batch"])
@@ -163,7 +162,9 @@ def sr_ste_figures(data: ResultsData, per_batch: pd.DataFrame, out_dir: Path) ->
         batch_ax.set_ylabel("sr-STE minus vanilla STE")
         lr_ax.errorbar(n, stats["best_lr"], yerr=stats["lr_std"].fillna(0.0), color="tab:red", marker=".", capsize=2)
         lr_ax.set_ylabel("best lr (mean +-1 std)")
-        panel_titles = ("mean over seeds and batches", "best loss after, per batch (first seed)", "best lr")
+        before = ", ".join(f"{v:.4g}" for v in sorted(set(stats["before"].round(6))))
+        panel_titles = (f"mean over seeds and batches (loss before: {before})",
+                        "best loss after, per batch (first seed)", "best lr")
         for ax, what in zip(canvas.axes, panel_titles):
             ax.set_xlabel("N, sampled STE gradients averaged")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -233,7 +234,8 @@ def nes_cosine_figures(data: ResultsData, cosine: pd.DataFrame, out_dir: Path) -
     out: list[Figure] = []
     for key, part in group_keys(rows, fig_cols):
         students = sorted(part["pretrain_label"].unique(), key=lambda s: (s != "raw", s))
-        title = f"NES cosine to {key['reference']} - {_where(key, configs, [c for c in fig_cols if c != 'reference'])}"
+        where = _where(key, configs, [c for c in fig_cols if c != "reference"])
+        title = f"NES cosine to {key['reference']}" + (f" - {where}" if where else "")
         canvas = panels(len(students))
         for ax, student in zip(canvas.axes, students):
             for samples, one in part[part["pretrain_label"] == student].groupby("estimator.samples"):
@@ -258,6 +260,18 @@ def nes_cosine_figures(data: ResultsData, cosine: pd.DataFrame, out_dir: Path) -
     return out
 
 
+def _train_label(row: pd.Series, others: list[str], switch_cols: list[str]) -> str:
+    """``STE``, ``STE -> NES(sigma=0.01)``: the estimator, its switch, and what else varies."""
+    label = row["estimator_label"]
+    kind = row.get("step.switch.kind")
+    if kind is not None and not pd.isna(kind):
+        detail = describe(row, switch_cols, strip="step.switch.", skip_null=True)
+        name = KIND_NAMES.get(kind, str(kind))
+        label += f" -> {name}({detail})" if detail else f" -> {name}"
+    extra = describe(row, others)
+    return f"{label}, {extra}" if extra else label
+
+
 def training_figures(data: ResultsData, train: pd.DataFrame, out_dir: Path) -> list[Figure]:
     """Loss against step per config; a marker where the estimator in force changed."""
     rows = train.dropna(subset=["loss", "step"])
@@ -266,11 +280,10 @@ def training_figures(data: ResultsData, train: pd.DataFrame, out_dir: Path) -> l
     line_cols = [c for c in data.param_columns if c not in fig_cols]
     out: list[Figure] = []
     for key, group in group_keys(configs, [c for c in fig_cols if c in configs.columns]):
-        others = [c for c in varying(group, line_cols) if not c.startswith("estimator.")]
-        labels = {
-            config: ", ".join(p for p in (row["estimator_label"], describe(row, others)) if p)
-            for config, row in group.iterrows()
-        }
+        others = [c for c in varying(group, line_cols) if not c.startswith(("estimator.", "step.switch."))]
+        switch_cols = [c for c in varying(group, line_cols, null_is_value=False)
+                       if c.startswith("step.switch.") and c != "step.switch.kind"]
+        labels = {config: _train_label(row, others, switch_cols) for config, row in group.iterrows()}
         palette = Palette(labels.values())
         title = f"training loss vs step - {_where(key, configs, fig_cols)}"
         canvas = panels(1, panel=6.5, height=4.6)
@@ -291,7 +304,7 @@ def training_figures(data: ResultsData, train: pd.DataFrame, out_dir: Path) -> l
         ax.set_ylabel("loss on the probe batches (log scale)")
         ax.grid(alpha=0.3, which="both")
         names = ", ".join(short_name(c) for c in varying(group, line_cols)) or "none"
-        path = canvas.save(out_dir / f"followups-{slug(title)}.png", title, f"varied: {names}")
+        path = canvas.save(out_dir / f"followups-{slug(title)}.png", title, "estimator (then switch)")
         cells = data.cells_of(rows[rows["config"].isin(group.index)])
         caption = (
             f"{len(group)} configs, varied: {names}. Mean loss over seeds (band min-max) on the fixed probe"
