@@ -261,6 +261,8 @@ def start(
     # Job entrypoints run `python ...` from the nodes' PATH: make that this interpreter.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")  # nothing to drain locally
+    # Several nodes starting at once on a few busy cores: give each raylet longer to register.
+    env.setdefault("RAY_raylet_start_wait_time_s", str(int(max(timeout, 60))))
     env.pop("RAY_ADDRESS", None)
     if auth is None:
         auth = "token" if local_token() else "disabled"
@@ -299,27 +301,32 @@ def start(
                  "log": str(log), "command": cmd}
             )
             _save_state(state_dir, state)
-            _wait_for_nodes(state, expected=index + 1, timeout=timeout, proc=proc, log=log)
+            # One node at a time: nodes of one machine that start together race for their
+            # registration with the GCS, and one of them times out on busy cores.
+            _wait_for_nodes(state, expected=index + 1, timeout=timeout)
     except BaseException:
         stop(state_dir)
         raise
     return state
 
 
-def _wait_for_nodes(state: dict[str, Any], *, expected: int, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+def _wait_for_nodes(state: dict[str, Any], *, expected: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-3000:]
-            raise ClusterError(f"'ray start' exited with code {proc.returncode}; its log ({log}) ends:\n{tail}")
+        for node in state["nodes"]:
+            if not _tree(node["pid"], node.get("created")):
+                log = Path(node["log"])
+                tail = log.read_text(errors="replace")[-3000:]
+                raise ClusterError(f"'ray start' of {node['name']} exited; its log ({log}) ends:\n{tail}")
         try:
             if len(alive_nodes(state["dashboard_url"], auth=state["auth"])) >= expected:
                 return
         except Exception as exc:  # the dashboard is not up yet
             last_error = exc
         time.sleep(0.5)
-    raise ClusterError(f"{expected} node(s) not alive after {timeout:.0f}s (last error: {last_error}); see {log}")
+    raise ClusterError(f"{expected} node(s) not alive after {timeout:.0f}s (last error: {last_error}); "
+                       f"see the logs in {Path(state['nodes'][0]['log']).parent}")
 
 
 def kill_node(state_dir: str | os.PathLike[str], name: str) -> int:
