@@ -97,14 +97,16 @@ def best_vs_size(data: ResultsData, axis: str) -> pd.DataFrame:
 def cosine_table(cosine: pd.DataFrame) -> pd.DataFrame:
     """Per (config, reference, layer): ``mean``, ``std``, ``n`` of the cosine over seeds and
     batches, and ``cells``, ``seeds``."""
-    grouped = cosine.groupby(["config", "reference", "layer"], sort=True, dropna=False)
-    return grouped.agg(
+    grouped = cosine.groupby(["config", "reference", "layer"], sort=True, dropna=False, observed=True)
+    out = grouped.agg(
         mean=("cosine", "mean"),
         std=("cosine", "std"),
         n=("cosine", "count"),
         cells=("cell_id", "nunique"),
         seeds=("seed", "nunique"),
     ).reset_index()
+    # Plain strings from here on (rows hold them as categoricals, for speed).
+    return out.astype({"reference": object, "layer": object})
 
 
 def descent_curves(descent: pd.DataFrame) -> pd.DataFrame:

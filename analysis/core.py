@@ -26,16 +26,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from gradsweep.results_schema import (
-    BASE_FIELDS,
-    METRIC_FIELDS,
-    param_fields,
-    results_schema,
-)
+from gradsweep import catalog
+from gradsweep.catalog import Group, Union
+from gradsweep.results_schema import METRIC_FIELDS, param_fields, results_schema
 
 __all__ = [
     "Figure", "ResultsData", "ResultsError", "load_results", "format_value", "short_name",
@@ -44,8 +43,6 @@ __all__ = [
 
 ESTIMATOR_PREFIX = "estimator."
 PRETRAIN_PREFIX = "problem.pretrain."
-# Provenance columns the analysis uses; the others (host, versions, ...) are not read.
-_PROVENANCE_READ = ("run_device", "cell_seconds")
 
 KIND_NAMES = {
     "cdg": "CDG",
@@ -196,6 +193,16 @@ class ResultsData:
             self._records[kind] = self.rows[self.rows["record"] == kind]
         return self._records[kind]
 
+    def cells_with(self, kind: str) -> pd.DataFrame:
+        """The cells that have rows of one record kind (computed once per kind)."""
+        return self.memo(f"cells_with:{kind}", lambda: self.cells_of(self.records(kind)))
+
+    def count(self, configs: Iterable[int], kind: str) -> str:
+        """``"8 cells, 2 seeds"``: what the rows of ``kind`` of these configs aggregate."""
+        cells = self.cells_with(kind)
+        cells = cells[cells["config"].isin(list(configs))]
+        return f"{len(cells)} cells, {cells['seed'].nunique()} seeds"
+
     def cells_of(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The cells that the rows of ``frame`` come from."""
         return self.cells.loc[self.cells.index.isin(frame["cell_id"].unique())]
@@ -233,23 +240,53 @@ def _palette_labels(cells: pd.DataFrame) -> None:
     cells["pretrain_label"] = pre
 
 
-def _read_table(folder: Path, columns: list[str]) -> tuple[pa.Table, list[str]]:
-    """All cell files as one table; a file that cannot be read is skipped and named."""
+def _read_table(files: list[str], columns: list[str]) -> tuple[pa.Table, list[str], list[str]]:
+    """The given columns of all cell files as one table, the files that could not be read
+    (``"name: error"``) and those that could."""
     schema = results_schema()
-    dataset = ds.dataset(folder, format="parquet", schema=schema, ignore_prefixes=[".", "_"])
     try:
-        return dataset.to_table(columns=columns), []
+        return ds.dataset(files, format="parquet", schema=schema).to_table(columns=columns), [], files
     except (pa.ArrowInvalid, OSError):
         # One bad file spoils the whole scan: read file by file and name the bad ones.
-        tables, bad = [], []
-        for path in dataset.files:
+        tables, bad, good = [], [], []
+        for path in files:
             try:
                 tables.append(ds.dataset(path, format="parquet", schema=schema).to_table(columns=columns))
+                good.append(path)
             except (pa.ArrowInvalid, OSError) as err:
                 bad.append(f"{Path(path).name}: {str(err).splitlines()[0]}")
         if not tables:
-            return schema.empty_table().select(columns), bad
-        return pa.concat_tables(tables), bad
+            return schema.empty_table().select(columns), bad, good
+        return pa.concat_tables(tables), bad, good
+
+
+def _union_paths(node: Group | Union, prefix: str = "") -> list[str]:
+    """Catalog paths of the kind-discriminated mappings (``problem``, ``estimator``, ...)."""
+    if isinstance(node, Union):
+        return [prefix]
+    out = []
+    for key, child in node.fields.items():
+        if isinstance(child, (Group, Union)):
+            out += _union_paths(child, f"{prefix}.{key}" if prefix else key)
+    return out
+
+
+def _present_paths(node: Group | Union, prefix: str, kinds: Mapping[str, set]) -> list[str]:
+    """Parameter paths that can be set given the kinds present at each union path."""
+    if isinstance(node, Union):
+        out = [f"{prefix}.kind"]
+        for kind in kinds.get(prefix, ()):
+            out += _present_paths(node.kinds[kind], prefix, kinds)
+        return out
+    out = []
+    for key, child in node.fields.items():
+        path = f"{prefix}.{key}" if prefix else key
+        out += _present_paths(child, path, kinds) if isinstance(child, (Group, Union)) else [path]
+    return out
+
+
+def _cell_top() -> Group:
+    return Group({k: v for k, v in catalog.TOP.fields.items() if k not in catalog.NOT_IN_CELL})
 
 
 def _read_failures(folder: Path) -> list[Failure]:
@@ -287,34 +324,56 @@ def load_results(folder: str | Path) -> ResultsData:
     folder = Path(folder)
     if not folder.is_dir():
         raise ResultsError(f"results folder {str(folder)!r} does not exist (expected <results>/<name>/)")
-    params = [f.name for f in param_fields()]
-    names = [f.name for f in BASE_FIELDS] + params + [f.name for f in METRIC_FIELDS] + list(_PROVENANCE_READ)
-    schema_names = set(results_schema().names)
-    table, unreadable = _read_table(folder, [n for n in dict.fromkeys(names) if n in schema_names])
+    schema = results_schema()
+    params = [f.name for f in param_fields() if f.name in schema.names]
+    files = sorted(
+        str(p) for p in folder.iterdir()
+        if p.suffix == ".parquet" and not p.name.startswith((".", "_")) and p.is_file()
+    )
+    # Reading costs per file and column, rows hardly matter, and most of the ~100 parameter
+    # columns are null for any one sweep. A first pass reads the kinds (which problem, which
+    # estimator...); the second reads only the parameters those kinds declare in the catalog.
+    unions = [u for u in _union_paths(_cell_top()) if f"{u}.kind" in schema.names]
+    first, unreadable, files = _read_table(files, ["sweep", *(f"{u}.kind" for u in unions)])
     failures = _read_failures(folder)
-    if table.num_rows == 0:
+    if first.num_rows == 0:
         what = f"; {len(failures)} failed cells in _gradsweep/failures/" if failures else ""
         bad = f"; unreadable: {', '.join(unreadable)}" if unreadable else ""
         raise ResultsError(f"no results in {str(folder)!r}: no readable <cell_id>.parquet file{what}{bad}")
-    # Parameters that no cell sets are null everywhere; dropping them keeps labels and grouping
-    # to what the sweep is about (and the frame small).
-    keep = [n for n in table.column_names if n not in params or n == "seed" or table.column(n).null_count < table.num_rows]
-    table = table.select(keep)
-    param_columns = [p for p in params if p in keep and p != "seed"]
-    rows = table.to_pandas()
+    kinds = {u: {k for k in pc.unique(first[f"{u}.kind"]).to_pylist() if k is not None} for u in unions}
+    try:
+        wanted = set(_present_paths(_cell_top(), "", kinds))
+    except KeyError:  # a kind this catalog does not know: read every parameter
+        wanted = set(params)
+    read_params = [p for p in params if p in wanted and p != "seed"]
+    metrics = [f.name for f in METRIC_FIELDS]
+    table, more_bad, _ = _read_table(files, ["cell_id", "record", "seed", *read_params, *metrics])
+    unreadable += more_bad
 
-    cells = rows.drop_duplicates("cell_id")[["cell_id", "seed", *param_columns]].set_index("cell_id")
+    # Cells: the first row of each cell id (parameters are constant within a cell).
+    cell_ids = pc.dictionary_encode(table["cell_id"].combine_chunks())
+    codes = cell_ids.indices.to_numpy(zero_copy_only=False)
+    _, first_rows = np.unique(codes, return_index=True)
+    cells = table.select(["seed", *read_params]).take(pa.array(first_rows)).to_pandas()
+    cells.index = pd.Index(cell_ids.dictionary.to_pylist(), name="cell_id")
+    # Parameters no cell sets are dropped: labels and grouping stay to what the sweep is about.
+    param_columns = [p for p in read_params if cells[p].notna().any()]
+    cells = cells[["seed", *param_columns]]
     if param_columns:
         cells["config"] = cells.groupby(param_columns, dropna=False, sort=True).ngroup()
     else:
         cells["config"] = 0
     _palette_labels(cells)
-    rows["config"] = rows["cell_id"].map(cells["config"])
+
+    # Rows: metrics only; a row's parameters are its cell's (``config`` links them).
+    rows = table.select(["record", "seed", *metrics]).to_pandas(strings_to_categorical=True)
+    rows.insert(0, "cell_id", pd.Categorical.from_codes(codes, categories=cells.index))
+    rows["config"] = cells["config"].to_numpy()[codes]
 
     spec_path = folder / "_gradsweep" / "spec.yaml"
     spec_text = spec_path.read_text() if spec_path.is_file() else None
     expected, note = _expected_cells(spec_path)
-    sweep_names = rows["sweep"].unique()
+    sweep_names = pc.unique(first["sweep"]).to_pylist()
     return ResultsData(
         folder=folder,
         name=str(sweep_names[0]) if len(sweep_names) == 1 else folder.name,

@@ -68,10 +68,9 @@ def section(data: ResultsData, out_dir: Path) -> list[Figure]:
         varied = varying(group, line_cols)
         names = ", ".join(short_name(c) for c in varied) or "none"
         path = canvas.save(out_dir / f"descent-{slug(title)}.png", title, f"varied: {names}")
-        cells = data.cells_of(descent[descent["config"].isin(group.index)])
         caption = (
             f"{len(group)} lines (configs), varied: {names}. Each line: the mean loss over"
-            f" seeds at each logged step, band min-max over seeds. {len(cells)} cells, {cells['seed'].nunique()} seeds."
+            f" seeds at each logged step, band min-max over seeds. {data.count(group.index, 'descent')}."
             f" Fixed: {describe(key, [c for c, v in key.items() if not pd.isna(v)])}."
         )
         out.append(Figure(path, title, caption))

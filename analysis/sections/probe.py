@@ -67,11 +67,6 @@ def _fixed(key: Mapping[str, Any]) -> str:
     return describe(key, [c for c, v in key.items() if not pd.isna(v)])
 
 
-def _counts(configs: pd.DataFrame, data: ResultsData, frame: pd.DataFrame) -> str:
-    cells = data.cells.loc[data.cells["config"].isin(configs.index) & data.cells.index.isin(frame["cell_id"].unique())]
-    return f"{len(cells)} cells, {cells['seed'].nunique()} seeds"
-
-
 def lr_figures(data: ResultsData, curves: pd.DataFrame, out_dir: Path, palette: Palette) -> list[Figure]:
     """One lr-vs-loss-decrease figure per (setting, estimator kind[, samples])."""
     probe = data.records("probe")
@@ -105,7 +100,7 @@ def lr_figures(data: ResultsData, curves: pd.DataFrame, out_dir: Path, palette: 
             if use_log_x(curves.loc[curves["config"].isin(members.index), "lr"].unique().tolist()):
                 ax.set_xscale("log")
             ax.set_xlabel(LR_LABEL)
-            ax.set_title(f"{panel} ({_counts(members, data, probe)})", fontsize="medium")
+            ax.set_title(f"{panel} ({data.count(members.index, 'probe')})", fontsize="medium")
             ax.grid(alpha=0.3)
         canvas.axes[0].set_ylabel(DECREASE_LABEL)
         path = canvas.save(out_dir / f"lr-{slug(title)}.png", title, f"varied: {varied_names}")
@@ -116,7 +111,7 @@ def lr_figures(data: ResultsData, curves: pd.DataFrame, out_dir: Path, palette: 
         caption = (
             f"{len(group)} curves, varied: {varied_names}" + (f" ({values})" if values else "")
             + f". Each point: mean loss decrease over seeds and batches (up to {int(sub['n'].max())} samples per point),"
-            f" band +-1 std; dashed line: no change. {_counts(group, data, probe)}."
+            f" band +-1 std; dashed line: no change. {data.count(group.index, 'probe')}."
             + (f" Panels: {', '.join(panel_labels)}." if len(panel_labels) > 1 else "")
             + f" Fixed: {_fixed(key)}."
         )
@@ -164,14 +159,14 @@ def best_vs_size_figures(data: ResultsData, out_dir: Path, palette: Palette) -> 
                 ax.set_xticks(sizes)
                 ax.set_xticklabels([format_value(s) for s in sizes])
                 ax.set_xlabel(f"{name} (problem size)")
-                ax.set_title(f"{panel} ({_counts(members, data, probe)})", fontsize="medium")
+                ax.set_title(f"{panel} ({data.count(members.index, 'probe')})", fontsize="medium")
                 ax.grid(alpha=0.3)
             canvas.axes[0].set_ylabel("best loss decrease over the lr grid (loss units)")
             path = canvas.save(out_dir / f"best-{slug(title)}.png", title, "estimator config")
             caption = (
                 f"{lines} lines (estimator configs) against {name} in {{{', '.join(format_value(s) for s in sizes)}}}."
                 f" Each point: the mean loss decrease (over seeds and batches) at that config's best lr, the best lr"
-                f" chosen per config and {name}; error bar +-1 std. {_counts(group, data, probe)}."
+                f" chosen per config and {name}; error bar +-1 std. {data.count(group.index, 'probe')}."
                 + (f" Panels: {', '.join(panel_labels)}." if len(panel_labels) > 1 else "")
                 + f" Fixed: {_fixed(key)}."
             )
@@ -215,13 +210,13 @@ def cosine_figures(data: ResultsData, table: pd.DataFrame, out_dir: Path) -> lis
             ax.set_xticklabels(layers, rotation=30, ha="right")
             ax.set_yticks(range(len(rows)))
             ax.set_yticklabels(rows, fontsize="small")
-            if values.size <= 300:
+            if values.size <= 64:  # numbers stay legible (and text is the costly part to draw)
                 for (i, j), v in np.ndenumerate(values):
                     if not np.isnan(v):
                         ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize="x-small",
                                 color="white" if abs(v) > 0.6 else "black")
             ax.set_xlabel("layer ('all': every estimated parameter)")
-            ax.set_title(f"{panel} ({_counts(members.set_index('config'), data, cosine)})", fontsize="medium")
+            ax.set_title(f"{panel} ({data.count(members['config'], 'cosine')})", fontsize="medium")
         if image is not None:
             canvas.colorbar(image, "cosine (mean over seeds, batches)")
         path = canvas.save(out_dir / f"cosine-{slug(title)}.png", title)
@@ -229,7 +224,7 @@ def cosine_figures(data: ResultsData, table: pd.DataFrame, out_dir: Path) -> lis
             f"Mean cosine similarity between each estimator config's gradient (rows, {group['config'].nunique()} configs)"
             f" and the reference {reference}, per layer (columns; 'all' = all estimated parameters together),"
             f" over seeds and batches (up to {int(group['n'].max())} samples per square)."
-            f" {_counts(group.set_index('config'), data, cosine)}."
+            f" {data.count(group['config'], 'cosine')}."
             + (f" Panels: {', '.join(panel_labels)}." if len(panel_labels) > 1 else "")
             + f" Fixed: {_fixed(key)}."
         )
