@@ -46,7 +46,7 @@ from gradsweep.cli import BadInput
 
 __all__ = [
     "SubmitError", "Submission", "JobReport", "resolve_address", "check_results_writable", "build_runtime_env",
-    "submit", "job_status", "job_logs", "is_job_id", "job_main", "add_submit_arguments", "cmd_submit",
+    "submit", "job_status", "job_logs", "wait", "normalise_results", "is_job_id", "job_main", "add_submit_arguments", "cmd_submit",
     "cmd_job_status", "cmd_logs", "add_logs_arguments",
 ]
 
@@ -339,7 +339,7 @@ def submit(
             f"{METADATA_PREFIX}sweep": sweep.name,
             f"{METADATA_PREFIX}results": results,
             f"{METADATA_PREFIX}cells": str(len(sweep.cells)),
-            f"{METADATA_PREFIX}spec": os.path.abspath(os.fspath(spec)) if not isinstance(spec, str) or "\n" not in spec else "<text>",
+            f"{METADATA_PREFIX}spec": str(sweep.path.resolve()) if sweep.path else "<text>",
         }
         try:
             with _explicit_address():
