@@ -382,8 +382,11 @@ def _drive(store: SweepStore, todo: list[Any], executor: Any, result: RunResult,
                     _record(store, outcome, result, failed)
                 progress.update(done=result.done, failed=len(failed), running=executor.running)
             if interrupt.flag:
-                for outcome in executor.wait(timeout=0):  # results that already arrived are kept
-                    _record(store, outcome, result, failed)
+                # results that already arrived are kept; tasks killed by the Ctrl-C (a terminal
+                # signals the workers too) are not failures of their cells
+                for outcome in executor.wait(timeout=0):
+                    if not getattr(outcome, "lost", False):
+                        _record(store, outcome, result, failed)
                 cancelled = executor.cancel()
                 result.interrupted = True
                 print(

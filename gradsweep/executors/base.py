@@ -52,6 +52,7 @@ class Outcome:
     host: str = ""
     device: str | None = None
     attempts: int = 1
+    lost: bool = False  # the task died around the cell (worker lost, cancelled): not the cell's own error
 
     @property
     def ok(self) -> bool:

@@ -172,7 +172,10 @@ class RayExecutor(Executor):
             except Exception as exc:  # the task itself failed: its worker died past max_retries, or it was cancelled
                 line = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
                 got = [
-                    Outcome(cid, "error", error=f"task failed: {line}", traceback=str(exc), attempts=self.max_retries + 1)
+                    Outcome(
+                        cid, "error", error=f"task failed: {line}", traceback=str(exc),
+                        attempts=self.max_retries + 1, lost=True,
+                    )
                     for cid in ids
                 ]
             for outcome in got:
