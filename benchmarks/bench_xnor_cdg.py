@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--full", action="store_true", help="also time the whole layer's batched CDG")
+    ap.add_argument("--chunk-mb", type=float, default=0, help="memory budget of one stacked chunk (0: the problem's)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,6 +101,8 @@ def main() -> None:
     print(header)
     for weights in args.weights:
         problem = network(args.channels, weights, args.batch, device, dtype, args.pretrain_steps)
+        if args.chunk_mb:
+            problem.chunk_bytes = int(args.chunk_mb * 2 ** 20)
         for sel in args.layers:
             layer = problem.select_layers([sel])[0]
             w = problem.point()[layer]
