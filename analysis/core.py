@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -30,7 +32,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from gradsweep import catalog
 from gradsweep.catalog import Group, Union
@@ -240,24 +242,49 @@ def _palette_labels(cells: pd.DataFrame) -> None:
     cells["pretrain_label"] = pre
 
 
-def _read_table(files: list[str], columns: list[str]) -> tuple[pa.Table, list[str], list[str]]:
-    """The given columns of all cell files as one table, the files that could not be read
-    (``"name: error"``) and those that could."""
+def _read_cell_files(
+    files: list[str], base: list[str], kind_columns: list[str], params_for: Callable[[dict[str, str]], list[str]]
+) -> tuple[pa.Table | None, list[str]]:
+    """Every cell file as one table in the declared types, and the files that could not be read.
+
+    Reading costs per file and column (rows hardly matter), and most of the ~100 parameter
+    columns are null in any one cell. So each file is opened once: its ``*.kind`` columns are read
+    first, then ``base`` plus only the parameters those kinds declare (``params_for``). Files
+    are read on a few threads (pyarrow releases the GIL).
+    """
     schema = results_schema()
-    try:
-        return ds.dataset(files, format="parquet", schema=schema).to_table(columns=columns), [], files
-    except (pa.ArrowInvalid, OSError):
-        # One bad file spoils the whole scan: read file by file and name the bad ones.
-        tables, bad, good = [], [], []
-        for path in files:
-            try:
-                tables.append(ds.dataset(path, format="parquet", schema=schema).to_table(columns=columns))
-                good.append(path)
-            except (pa.ArrowInvalid, OSError) as err:
-                bad.append(f"{Path(path).name}: {str(err).splitlines()[0]}")
-        if not tables:
-            return schema.empty_table().select(columns), bad, good
-        return pa.concat_tables(tables), bad, good
+
+    def one(path: str) -> pa.Table:
+        reader = pq.ParquetFile(path)
+        present = set(reader.schema_arrow.names)
+        kinds_table = reader.read(columns=[c for c in kind_columns if c in present], use_threads=False)
+        kinds = {}
+        for column in kinds_table.column_names:
+            values = pc.drop_null(kinds_table[column])
+            if len(values):
+                kinds[column] = values[0].as_py()
+        wanted = [*base, *kind_columns, *params_for(kinds)]
+        table = reader.read(columns=[c for c in dict.fromkeys(wanted) if c in present], use_threads=False)
+        arrays = [
+            table[name].cast(schema.field(name).type) if name in present else pa.nulls(table.num_rows, schema.field(name).type)
+            for name in dict.fromkeys(wanted)
+        ]
+        return pa.Table.from_arrays(arrays, schema=pa.schema([schema.field(n) for n in dict.fromkeys(wanted)]))
+
+    def safe(path: str) -> pa.Table | str:
+        try:
+            return one(path)
+        except (pa.ArrowException, OSError, KeyError) as err:
+            return f"{Path(path).name}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(safe, files))
+    tables = [r for r in results if isinstance(r, pa.Table)]
+    bad = [r for r in results if isinstance(r, str)]
+    if not tables:
+        return None, bad
+    # Files of different kinds carry different parameter columns: the union, nulls elsewhere.
+    return pa.concat_tables(tables, promote_options="default"), bad
 
 
 def _union_paths(node: Group | Union, prefix: str = "") -> list[str]:
@@ -330,25 +357,29 @@ def load_results(folder: str | Path) -> ResultsData:
         str(p) for p in folder.iterdir()
         if p.suffix == ".parquet" and not p.name.startswith((".", "_")) and p.is_file()
     )
-    # Reading costs per file and column, rows hardly matter, and most of the ~100 parameter
-    # columns are null for any one sweep. A first pass reads the kinds (which problem, which
-    # estimator...); the second reads only the parameters those kinds declare in the catalog.
     unions = [u for u in _union_paths(_cell_top()) if f"{u}.kind" in schema.names]
-    first, unreadable, files = _read_table(files, ["sweep", *(f"{u}.kind" for u in unions)])
+    catalog_paths = set(params)
+
+    @lru_cache(maxsize=None)
+    def declared(kinds: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+        by_union = {column[: -len(".kind")]: {kind} for column, kind in kinds}
+        try:
+            wanted = set(_present_paths(_cell_top(), "", by_union))
+        except KeyError:  # a kind this catalog does not know: read every parameter
+            wanted = catalog_paths
+        return tuple(p for p in params if p in wanted and p != "seed")
+
+    metrics = [f.name for f in METRIC_FIELDS]
+    table, unreadable = _read_cell_files(
+        files, ["sweep", "cell_id", "record", "seed", *metrics], [f"{u}.kind" for u in unions],
+        lambda kinds: list(declared(tuple(sorted(kinds.items())))),
+    )
     failures = _read_failures(folder)
-    if first.num_rows == 0:
+    if table is None or table.num_rows == 0:
         what = f"; {len(failures)} failed cells in _gradsweep/failures/" if failures else ""
         bad = f"; unreadable: {', '.join(unreadable)}" if unreadable else ""
         raise ResultsError(f"no results in {str(folder)!r}: no readable <cell_id>.parquet file{what}{bad}")
-    kinds = {u: {k for k in pc.unique(first[f"{u}.kind"]).to_pylist() if k is not None} for u in unions}
-    try:
-        wanted = set(_present_paths(_cell_top(), "", kinds))
-    except KeyError:  # a kind this catalog does not know: read every parameter
-        wanted = set(params)
-    read_params = [p for p in params if p in wanted and p != "seed"]
-    metrics = [f.name for f in METRIC_FIELDS]
-    table, more_bad, _ = _read_table(files, ["cell_id", "record", "seed", *read_params, *metrics])
-    unreadable += more_bad
+    read_params = [p for p in params if p in table.column_names and p != "seed"]
 
     # Cells: the first row of each cell id (parameters are constant within a cell).
     cell_ids = pc.dictionary_encode(table["cell_id"].combine_chunks())
@@ -373,7 +404,7 @@ def load_results(folder: str | Path) -> ResultsData:
     spec_path = folder / "_gradsweep" / "spec.yaml"
     spec_text = spec_path.read_text() if spec_path.is_file() else None
     expected, note = _expected_cells(spec_path)
-    sweep_names = pc.unique(first["sweep"]).to_pylist()
+    sweep_names = pc.unique(table["sweep"]).to_pylist()
     return ResultsData(
         folder=folder,
         name=str(sweep_names[0]) if len(sweep_names) == 1 else folder.name,
