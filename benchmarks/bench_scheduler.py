@@ -2,9 +2,9 @@
 
 1. ``sweep``: N cells of about 50 ms each on a local Ray with C CPUs. Efficiency = ideal / wall,
    where ideal = (sum of the cells' measured ``cell_seconds``) / C. Two kinds of cell:
-   ``real`` (a toy probe of dim 16, batch 4096, clipped STE: about 50 ms of real work) and
-   ``delay`` (a probe of dim 4, batch 64, about 10 ms, plus a ``GRADSWEEP_CELL_DELAY``-style
-   sleep of 40 ms: mostly the scheduler's overhead, as the sleep leaves the CPUs to the driver). Wall time counts
+   ``real`` (a toy probe of dim 16, batch 8192, clipped STE: about 50 ms of real work) and
+   ``delay`` (a probe of dim 4, batch 64, a few ms, plus a ``GRADSWEEP_CELL_DELAY``-style
+   sleep of 45 ms: mostly the scheduler's overhead, as the sleep leaves the CPUs to the driver). Wall time counts
    from submission to the last file written; Ray's start-up is printed apart.
 2. ``plan``: ``gradsweep plan`` on a 200,000-cell spec against a folder holding 100,000 done
    cells (small valid Parquet files with the gradsweep footer metadata), in a fresh process,
@@ -59,9 +59,9 @@ def bench_sweep(n: int, kind: str, cpus: int, workdir: Path) -> None:
     from gradsweep.store import read_results
 
     spec = workdir / f"sweep-{kind}.yaml"
-    # real: a probe whose own work is about 50 ms on one core; delay: a tiny probe (about 10 ms)
-    # plus a 40 ms sleep, which leaves the CPUs to the scheduler
-    dim, batch, delay = (16, 4096, 0.0) if kind == "real" else (4, 64, 0.04)
+    # real: a probe whose own work is about 50 ms on one core; delay: a tiny probe (a few ms)
+    # plus a 45 ms sleep, which leaves the CPUs to the scheduler
+    dim, batch, delay = (16, 8192, 0.0) if kind == "real" else (4, 64, 0.045)
     spec.write_text(SWEEP_SPEC.format(n=n, dim=dim, batch=batch))
     sweep = load_spec(spec)
     t0 = time.perf_counter()
