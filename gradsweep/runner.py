@@ -36,6 +36,43 @@ _FLOPS_PER_SECOND = 2e9
 # Cost model
 
 
+def _layer_sizes(problem: Mapping[str, Any]) -> dict[str, list[int]]:
+    """Weights per layer, by the selector kind that counts them (``linear`` / ``conv``), from the input."""
+    if problem.get("kind") == "toy_mlp":
+        d, depth = int(problem.get("dim", 8)), int(problem.get("depth", 3))
+        return {"linear": [d * d] * (depth - 1) + [d]}
+    if problem.get("kind") == "xnor_resnet18":
+        c = int(problem.get("channels", 8))
+        sizes = []
+        for j in range(16):  # the 16 binary 3x3 convs of blocks [2, 2, 2, 2], stage widths c..8c
+            width = c * 2 ** (j // 4)
+            fan_in = width // 2 if j in (4, 8, 12) else width
+            sizes.append(width * fan_in * 9)
+        return {"conv": sizes}
+    return {}
+
+
+def _estimated_params(config: Mapping[str, Any], total: float) -> float:
+    """How many coordinates a per-coordinate estimator (CDG) moves: the selected layers only,
+    each capped by ``problem.coords.sample``. Selectors by module name count as ``total``/layers."""
+    problem = config.get("problem", {})
+    selection = config.get("params", "all")
+    sizes = _layer_sizes(problem)
+    if selection == "all" or not sizes:
+        chosen = [total]
+    else:
+        kind, layers = next(iter(sizes.items()))
+        chosen = []
+        for sel in [selection] if isinstance(selection, str) else selection:
+            name, _, k = str(sel).partition(":")
+            if name == kind and k.lstrip("-").isdigit() and 0 < abs(int(k)) <= len(layers):
+                chosen.append(layers[int(k) - 1 if int(k) > 0 else int(k)])
+            else:
+                chosen.append(total / max(len(layers), 1))
+    sample = (problem.get("coords") or {}).get("sample")
+    return float(sum(min(n, sample) if sample else n for n in chosen))
+
+
 def cell_cost(config: Mapping[str, Any]) -> float:
     """A rough size of one cell in floating-point operations, from its config.
 
@@ -59,7 +96,7 @@ def cell_cost(config: Mapping[str, Any]) -> float:
     est = config.get("estimator", {})
     ekind = est.get("kind")
     if ekind == "cdg":
-        evals = (1.0 if est.get("mode") == "forward" else 2.0) * params
+        evals = (1.0 if est.get("mode") == "forward" else 2.0) * _estimated_params(config, params)
     elif ekind in ("nes", "nes_max_point"):
         evals = float(est.get("samples", 500)) * (2.0 if est.get("antithetic") else 1.0)
     elif ekind == "perturbed_ste":
