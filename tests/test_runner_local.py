@@ -137,3 +137,19 @@ def test_ctrl_c_stops_cleanly_keeping_finished_cells(tiny_spec: Path, tmp_path: 
     assert 2 <= len(done) < 8
     assert not list(folder.glob(".*.tmp")) and not (folder / "_gradsweep" / "lock").exists()
     assert len(read_results(folder)) == 3 * len(done)
+
+
+def test_cdg_cost_counts_only_the_selected_layers_and_the_coordinate_sample() -> None:
+    from gradsweep.runner import cell_cost
+    from gradsweep.spec import canonical_cell
+
+    def cost(**kw: object) -> float:
+        problem = {"kind": "xnor_resnet18", "channels": 8, **kw.pop("problem", {})}  # type: ignore[dict-item]
+        return cell_cost(canonical_cell({"problem": problem, "estimator": {"kind": "cdg"}, **kw}))
+
+    first, second_to_last = cost(params=["conv:1"]), cost(params=["conv:-2"])
+    assert first < second_to_last < cost(params="all")
+    # conv:1 of c = 8 is 8 x 8 x 3 x 3 = 576 weights, conv:-2 is 64 x 64 x 3 x 3 = 36,864: 64 times more
+    # moves, each costing the same forward in this rough model (the lr scan adds a little to both).
+    assert 50 < second_to_last / first < 64
+    assert cost(params=["conv:-2"], problem={"coords": {"sample": 576}}) == first
