@@ -134,3 +134,14 @@ def test_concurrent_processes_train_one_student(tmp_path):
     assert sorted(hit for hit, _ in outs) == ["False", "True"]  # one trained, the other waited and read
     assert outs[0][1] == outs[1][1]
     assert len(list((tmp_path / "toy_pretrain").glob("*.pt"))) == 1
+
+
+def test_the_batch_memory_budget_follows_the_device() -> None:
+    """Big batched evaluations fill a GPU; on a CPU they stream through memory and run slower."""
+    from gradsweep.problems.base import default_chunk_bytes
+
+    problem = build_problem(
+        {"kind": "toy_mlp", "dim": 4, "data": {"batch_size": 8, "batches": 1}},
+        seed=0, dtype=torch.float64, device=torch.device("cpu"), cache_dir="/nonexistent",
+    )
+    assert problem.chunk_bytes == default_chunk_bytes(torch.device("cpu")) < default_chunk_bytes(torch.device("cuda"))

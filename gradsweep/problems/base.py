@@ -56,11 +56,23 @@ def straight_through(x: torch.Tensor, value: torch.Tensor, derivative: torch.Ten
     return value.detach() + (x - x.detach()) * derivative.detach()
 
 
+def default_chunk_bytes(device: torch.device) -> int:
+    """The memory of one batched evaluation that runs fastest on ``device``.
+
+    On a GPU, large batches fill the device (1 GiB). On a CPU the elementwise passes of a big
+    batch (the quantizer, the residual) stream through main memory and a batched matmul is
+    slower than a plain one: measured on the toy at d = 64, batch 16,000, NES took 11 ms per
+    direction with 1 GiB chunks and 3 ms with 32 MiB ones, level with a plain forward.
+    """
+    return 1 << 30 if torch.device(device).type == "cuda" else 32 << 20
+
+
 class Problem(ABC):
     """A loss over named parameter groups, its batches, and its layer names.
 
     Subclasses set ``self.device``, ``self.dtype`` and hold the point returned by :meth:`point`.
-    ``chunk_bytes`` bounds the memory of one batched evaluation.
+    ``chunk_bytes`` bounds the memory of one batched evaluation; problems set it from
+    :func:`default_chunk_bytes` of their device.
     """
 
     device: torch.device

@@ -39,7 +39,7 @@ import torch
 from gradsweep import catalog
 from gradsweep.cache import cached_file
 from gradsweep.optimizers import Optimizer
-from gradsweep.problems.base import Batch, Point, Problem, Surrogate
+from gradsweep.problems.base import Batch, Point, Problem, Surrogate, default_chunk_bytes
 from gradsweep.problems.quantizers import get_quantizer
 from gradsweep.problems.toy_batched import ToyBatchedMixin
 from gradsweep.seeding import generator
@@ -245,6 +245,7 @@ def build(
         dtype=dtype,
         device=device,
     )
+    problem.chunk_bytes = default_chunk_bytes(device)
     pretrain = _option(cfg, "pretrain")
     if pretrain:
         problem.pretrain(pretrain, cache_dir=cache_dir)
