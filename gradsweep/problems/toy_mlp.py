@@ -117,6 +117,7 @@ class ToyMLP(ToyBatchedMixin, Problem):
         self.batch_size, self.num_batches = int(batch_size), int(batches)
         self.seed = seed
         self.dtype, self.device = dtype, torch.device(device)
+        self.chunk_bytes = default_chunk_bytes(self.device)
         self.teacher = {n: w.to(self.device) for n, w in _draw_weights(seed, "teacher", dim, depth, dtype).items()}
         self.student = {n: w.to(self.device) for n, w in _draw_weights(seed, "student", dim, depth, dtype).items()}
         self.indexed_layers = {"linear": list(self.student)}
@@ -245,7 +246,6 @@ def build(
         dtype=dtype,
         device=device,
     )
-    problem.chunk_bytes = default_chunk_bytes(device)
     pretrain = _option(cfg, "pretrain")
     if pretrain:
         problem.pretrain(pretrain, cache_dir=cache_dir)
