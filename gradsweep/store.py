@@ -198,17 +198,22 @@ class SweepStore:
     def exists(self) -> bool:
         return self._info(self.path).type == pafs.FileType.Directory
 
-    def _write_bytes(self, path: str, data: bytes) -> None:
-        """Write ``data`` to ``path`` through a temporary name, so readers never see a half file."""
-        parent, base = path.rsplit("/", 1)
-        tmp = f"{parent}/.{base}.{os.getpid()}.tmp"
+    def _write_bytes(self, path: str, data: bytes, *, tmp: str | None = None, what: str = "write") -> None:
+        """Write ``data`` to ``path`` through a temporary name, so readers never see a half file.
+
+        ``tmp`` defaults to a hidden, per-process name beside ``path``; ``what`` names the action in
+        the error.
+        """
+        if tmp is None:
+            parent, base = path.rsplit("/", 1)
+            tmp = f"{parent}/.{base}.{os.getpid()}.tmp"
         try:
             with self.fs.open_output_stream(tmp) as out:
                 out.write(data)
             self.fs.move(tmp, path)
         except OSError as exc:
             self._discard(tmp)
-            raise self._error("write", path, exc) from exc
+            raise self._error(what, path, exc) from exc
 
     def _discard(self, path: str) -> None:
         try:
@@ -337,15 +342,9 @@ class SweepStore:
             data = encode_cell(data)
         if len(data) < 12 or data[:4] != MAGIC or data[-4:] != MAGIC:
             raise ValueError(f"cell {cell_id}: refusing to write bytes that are not a Parquet file")
-        final = self.cell_path(cell_id)
-        tmp = f"{self.path}/.{cell_id}{SUFFIX}.tmp"
-        try:
-            with self.fs.open_output_stream(tmp) as out:
-                out.write(data)
-            self.fs.move(tmp, final)
-        except OSError as exc:
-            self._discard(tmp)
-            raise self._error("write the cell file", final, exc) from exc
+        self._write_bytes(
+            self.cell_path(cell_id), data, tmp=f"{self.path}/.{cell_id}{SUFFIX}.tmp", what="write the cell file"
+        )
         self.clear_failure(cell_id)
 
     def read_cell(self, cell_id: str) -> pa.Table:
