@@ -31,6 +31,7 @@ from gradsweep import catalog
 from gradsweep.estimators import Estimator, get
 from gradsweep.experiments import GeneratorFor, estimator_seed, normalized, timed_estimate
 from gradsweep.experiments.descent import DECAYABLE, decays_before
+from gradsweep.optimizers import Optimizer
 from gradsweep.problems.base import Batch, Point, Problem
 
 __all__ = ["run", "fresh_batch"]
@@ -55,16 +56,10 @@ def fresh_batch(problem: Problem, step: int) -> Batch:
     )
 
 
-def _optimizer(step_cfg: Mapping[str, Any], params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
-    kind = step_cfg["optimizer"]
-    if kind == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    if kind == "momentum":
-        momentum = step_cfg.get("momentum", catalog.STEP.fields["momentum"].default)
-        return torch.optim.SGD(params, lr=lr, momentum=momentum)
-    if kind == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    raise ValueError(f"step.optimizer: expected one of sgd, momentum, adam, got {kind!r}")
+def _optimizer(step_cfg: Mapping[str, Any], lr: float) -> Optimizer:
+    """A fresh update rule of ``step.optimizer`` (:mod:`gradsweep.optimizers`: torch's rules on point dicts)."""
+    momentum = step_cfg.get("momentum", catalog.STEP.fields["momentum"].default)
+    return Optimizer(step_cfg["optimizer"], lr, momentum=momentum)
 
 
 def _decayed(estimator: Estimator, base: Mapping[str, Any], factor: float, applies_to: list[str]) -> Estimator:
@@ -107,7 +102,7 @@ def run(
 
     base_est, base_cfg = estimator, estimator.get_config()
     current, factor_in_force = estimator, 1.0
-    optimizer = _optimizer(step_cfg, [point[n] for n in layers], lr0)
+    optimizer = _optimizer(step_cfg, lr0)
     switch_cfg = step_cfg.get("switch")
     best, stale, switched = float("inf"), 0, False
 
@@ -129,13 +124,12 @@ def run(
                 base_est = get(switch_cfg)
                 base_cfg, switched, stale = base_est.get_config(), True, 0
                 current, factor_in_force = base_est, 1.0
-                optimizer = _optimizer(step_cfg, [point[n] for n in layers], lr)
+                optimizer = _optimizer(step_cfg, lr)
         if step == steps:
             break
         if factor != factor_in_force:
             current, factor_in_force = _decayed(base_est, base_cfg, factor, applies_to), factor
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        optimizer.lr = lr
 
         if fresh:
             batch = fresh_batch(problem, step)
@@ -145,8 +139,6 @@ def run(
         grads, spent = timed_estimate(current, problem, point, batch, layers, generator)
         seconds += spent
         direction, grad_norm = normalized(grads)
-        for n in layers:
-            point[n].grad = (direction[n] if step_cfg["normalize"] else grads[n]).to(point[n].dtype)
-        with torch.no_grad():
-            optimizer.step()
+        used = direction if step_cfg["normalize"] else grads
+        optimizer.step(point, {n: used[n].to(point[n].dtype) for n in layers})
     return pd.DataFrame(rows)
