@@ -27,7 +27,7 @@ from typing import Any, Iterator, Mapping
 import pyarrow as pa
 
 from gradsweep import catalog
-from gradsweep.catalog import Group, Param, Union
+from gradsweep.catalog import Group, Union
 
 __all__ = [
     "RECORDS", "BASE_FIELDS", "METRIC_FIELDS", "PROVENANCE_FIELDS", "param_fields",

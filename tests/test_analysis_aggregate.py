@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from analysis.aggregate import best_lr, best_vs_size, cosine_table, descent_curves, lr_curves, summary

@@ -16,7 +16,7 @@ import torch
 
 from gradsweep.estimators.ste import surrogate
 from gradsweep.problems.xnor_resnet import (
-    Ctx, activation, architecture, binary_sign, binary_weight, build, init_params, logits, pretrain,
+    Ctx, activation, architecture, binary_sign, binary_weight, build, logits, pretrain,
     pretrained,
 )
 

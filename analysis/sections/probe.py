@@ -122,7 +122,6 @@ def lr_figures(data: ResultsData, curves: pd.DataFrame, out_dir: Path, palette: 
 def best_vs_size_figures(data: ResultsData, out_dir: Path, palette: Palette) -> list[Figure]:
     """Best loss decrease against a size parameter, one line per estimator config; the best lr is
     chosen per config, i.e. per estimator config and size."""
-    probe = data.records("probe")
     out = []
     for axis in SIZE_AXES:
         table = best_vs_size(data, axis)

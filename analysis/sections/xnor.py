@@ -130,7 +130,7 @@ def per_batch_figures(data: ResultsData, probe: pd.DataFrame, out_dir: Path) -> 
         cells = data.cells_of(part)
         names = sorted({short_name(c) for c in annotated})
         caption = (
-            f"Per probe batch, the largest loss decrease L(w) - L(w - lr g/|g|) over the lr grid"
+            "Per probe batch, the largest loss decrease L(w) - L(w - lr g/|g|) over the lr grid"
             + (f" and over {', '.join(names)}" if names else "")
             + f" for each estimator kind, annotated with the lr{' and ' + ', '.join(names) if names else ''} that reached it;"
             f" one panel per measured layer ({', '.join(layer_label(v) for v in layers)}). {len(cells)} cells."
