@@ -81,6 +81,16 @@ class Group:
     when: Mapping[str, tuple] | None = None
     checks: tuple[Callable[[Mapping[str, Any]], "str | None"], ...] = ()
 
+    def value(self, cfg: Mapping[str, Any], key: str, *, where: str = "") -> Any:
+        """``cfg[key]``, else this group's declared default: code that takes a loose config (a
+        test, a notebook) reads its options through here. ``where`` prefixes the error's key path."""
+        if key in cfg:
+            return cfg[key]
+        default = self.fields[key].default
+        if default is REQUIRED:
+            raise ValueError(f"{where}{key}: required, and not given")
+        return default
+
 
 @dataclass(frozen=True)
 class Union:

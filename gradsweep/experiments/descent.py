@@ -45,7 +45,7 @@ def decays_before(step: int, *, every: int, after: int) -> int:
 
 
 def _option(group: Mapping[str, Any], key: str, declared: catalog.Group) -> Any:
-    return group[key] if key in group else declared.fields[key].default
+    return declared.value(group, key, where="step.")
 
 
 def _scale_name(estimator: Any) -> str | None:

@@ -58,7 +58,7 @@ def fresh_batch(problem: Problem, step: int) -> Batch:
 
 def _optimizer(step_cfg: Mapping[str, Any], lr: float) -> Optimizer:
     """A fresh update rule of ``step.optimizer`` (:mod:`gradsweep.optimizers`: torch's rules on point dicts)."""
-    momentum = step_cfg.get("momentum", catalog.STEP.fields["momentum"].default)
+    momentum = catalog.STEP.value(step_cfg, "momentum")
     return Optimizer(step_cfg["optimizer"], lr, momentum=momentum)
 
 

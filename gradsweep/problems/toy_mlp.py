@@ -54,12 +54,7 @@ PRETRAIN_ROWS = 100
 
 def _option(cfg: Mapping[str, Any], key: str, group: catalog.Group = catalog.TOY_MLP) -> Any:
     """``cfg[key]``, else the catalog default (a loose config from a test or a notebook)."""
-    if key in cfg:
-        return cfg[key]
-    default = group.fields[key].default
-    if default is catalog.REQUIRED:
-        raise ValueError(f"problem.{key}: required")
-    return default
+    return group.value(cfg, key, where="problem.")
 
 
 def _draw_weights(seed: int, role: str, dim: int, depth: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
