@@ -203,3 +203,26 @@ def test_notes_check_clipped_ste_is_close_to_cdg_and_closer_with_more_levels(tmp
     assert binary["fc3"] == pytest.approx(1.0, abs=1e-6)  # the last layer is linear: both are exact
     small = {a: _cosines_vs_cdg(tmp_path, 8, a, 4000)["all"] for a in ["binary", "ternary", "2bit"]}
     assert small["binary"] < small["ternary"] < small["2bit"]
+
+
+def test_a_reference_equal_to_the_estimator_is_not_estimated_twice(monkeypatch) -> None:
+    from gradsweep import run_cell
+    from gradsweep.estimators.cdg import CDG
+
+    calls = []
+    real = CDG.estimate
+
+    def counting(self, *args, **kwargs):
+        calls.append(self.epsilon)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(CDG, "estimate", counting)
+    cell = {"problem": {"kind": "toy_mlp", "dim": 4, "data": {"batch_size": 64, "batches": 2}},
+            "estimator": {"kind": "cdg", "epsilon": 0.1}, "device": "cpu",
+            "measure": {"lrs": [0.1], "reference": {"kind": "cdg", "epsilon": 0.1}}}
+    table = run_cell(cell)
+    assert calls == [0.1, 0.1]  # one estimate per batch, none for the reference
+    assert (table[table.record == "cosine"].cosine == 1.0).all()
+    calls.clear()
+    run_cell({**cell, "measure": {"lrs": [0.1], "reference": {"kind": "cdg", "epsilon": 0.01}}})
+    assert calls == [0.1, 0.01, 0.1, 0.01]

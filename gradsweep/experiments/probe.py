@@ -70,6 +70,7 @@ def run(problem: Problem, estimator: Any, config: Mapping[str, Any], *, generato
     if not lrs:
         raise ValueError("measure.lrs: expected at least one learning rate")
     reference = estimators.get(measure["reference"]) if measure.get("reference") else None
+    same_as_reference = reference is not None and reference.get_config() == estimator.get_config()
     evaluate = measure.get("evaluate", "plain")
     if evaluate == "estimator" and not hasattr(estimator, "evaluation_surrogate"):
         _loss_function(estimator, evaluate, problem, {}, None, generator_for("evaluate"))  # raises, before any work
@@ -93,7 +94,9 @@ def run(problem: Problem, estimator: Any, config: Mapping[str, Any], *, generato
                 "loss_decrease": before - after, "grad_norm": norm, "estimator_seconds": seconds,
             })
         if reference is not None:
-            ref = reference.estimate(
+            # The same estimator and settings draw from the same generator parts, so its estimate
+            # is the one just made: CDG over a grid that holds the reference's epsilon runs once.
+            ref = grads if same_as_reference else reference.estimate(
                 problem, point, batch, layers, generator_for("estimate", b, estimator_seed(reference))
             )
             for layer, value in cosines(grads, ref).items():
