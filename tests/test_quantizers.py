@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradsweep.problems.quantizers import QUANTIZERS, get_quantizer
+from gradsweep.problems.quantizers import QUANTIZERS, get_quantizer, quantize_
 
 X = torch.tensor([-3.0, -1.0, -2 / 3, -0.5, -0.4, -0.0, 0.0, 0.2, 1 / 3, 0.5, 2 / 3, 0.9, 4.0], dtype=torch.float64)
 
@@ -55,3 +55,20 @@ def test_quantizers_work_under_vmap(name):
 def test_unknown_quantizer_names_it_and_suggests():
     with pytest.raises(ValueError, match=r"unknown quantizer 'binray'.*did you mean 'binary'"):
         get_quantizer("binray")
+
+
+@pytest.mark.parametrize("name", list(QUANTIZERS))
+def test_in_place_quantize_gives_the_same_values_into_the_same_tensor(name):
+    q = get_quantizer(name)
+    x = torch.cat([X, torch.randn(200, generator=torch.Generator().manual_seed(1), dtype=torch.float64)])
+    buffer = x.clone()
+    out = quantize_(q, buffer)
+    assert out.data_ptr() == buffer.data_ptr()
+    assert torch.equal(out, q(x))
+
+
+def test_step_levels_are_exactly_the_declared_levels():
+    # a level is written, not summed from steps: -1 + 2/3 + 2/3 would miss 1/3 by rounding
+    q = get_quantizer("2bit")
+    out = q(torch.linspace(-2, 2, 101, dtype=torch.float32))
+    assert set(out.tolist()) <= {float(torch.tensor(v, dtype=torch.float32)) for v in q.levels}

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["Staircase", "QUANTIZERS", "get_quantizer", "identity"]
+__all__ = ["Staircase", "QUANTIZERS", "get_quantizer", "identity", "quantize_"]
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:
@@ -35,10 +35,19 @@ def identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-class Staircase:
-    """``q(x) = levels[0] + sum_j (levels[j+1] - levels[j]) * [x >= thresholds[j]]``.
+def quantize_(quantize: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``quantize(x)`` written into ``x`` (see :meth:`Staircase.apply_`); identity leaves ``x`` as is."""
+    if quantize is identity:
+        return x
+    if isinstance(quantize, Staircase):
+        return quantize.apply_(x)
+    return x.copy_(quantize(x))
 
-    ``thresholds`` ascending, one fewer than ``levels``. The output has ``x``'s dtype and device
+
+class Staircase:
+    """``q(x) = levels[j]`` for the largest j with ``x >= thresholds[j - 1]`` (``levels[0]`` below all).
+
+    ``thresholds`` ascending, one fewer than ``levels``; every output is exactly one of ``levels``. The output has ``x``'s dtype and device
     and no autograd connection to ``x``.
     """
 
@@ -55,13 +64,33 @@ class Staircase:
         # This runs on every activation of every perturbed copy in NES and the lr scans, so it is
         # written for speed: one elementwise pass where possible, in-place otherwise.
         x = x.detach()
-        if self.thresholds == (0.0,) and self.levels[0] == -self.levels[1]:
+        if self.is_sign:
             # sign with sign(0) = +1: copysign is one pass; adding 0.0 turns -0.0 into +0.0 first
             return torch.copysign(x.new_full((), self.levels[1]), x + 0.0)
         out = torch.full_like(x, self.levels[0])
-        for t, below, above in zip(self.thresholds, self.levels, self.levels[1:]):
-            out.add_((x >= t).to(x.dtype), alpha=above - below)
+        for t, level in zip(self.thresholds, self.levels[1:]):
+            out.masked_fill_(x >= t, level)  # thresholds ascend: the highest one reached wins
         return out
+
+    def apply_(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` overwritten with ``self(x)`` (the same values) and returned.
+
+        For the batched paths, which reuse their activation buffers: a new tensor of a batch's
+        size per call costs the CPU more in fresh pages than the quantizer's arithmetic does.
+        """
+        with torch.no_grad():
+            if self.is_sign:
+                return torch.copysign(x.new_full((), self.levels[1]), x.add_(0.0), out=x)
+            reached = [x >= t for t in self.thresholds]  # every comparison before x is overwritten
+            x.fill_(self.levels[0])
+            for mask, level in zip(reached, self.levels[1:]):
+                x.masked_fill_(mask, level)
+            return x
+
+    @property
+    def is_sign(self) -> bool:
+        """Whether this is ``sign`` (one threshold at 0, symmetric levels): the one-pass case."""
+        return self.thresholds == (0.0,) and self.levels[0] == -self.levels[1]
 
     def __repr__(self) -> str:
         return f"Staircase({self.name!r}, thresholds={self.thresholds}, levels={self.levels})"
