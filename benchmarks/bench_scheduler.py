@@ -2,7 +2,7 @@
 
 1. ``sweep``: N cells of about 50 ms each on a local Ray with C CPUs. Efficiency = ideal / wall,
    where ideal = (sum of the cells' measured ``cell_seconds``) / C. Two kinds of cell:
-   ``real`` (a toy probe of dim 16, batch 8192, clipped STE: about 50 ms of real work) and
+   ``real`` (a toy probe of dim 32, batch 32768, clipped STE: about 50 ms of real work on one core) and
    ``delay`` (a probe of dim 4, batch 64, a few ms, plus a ``GRADSWEEP_CELL_DELAY``-style
    sleep of 45 ms: mostly the scheduler's overhead, as the sleep leaves the CPUs to the driver). Wall time counts
    from submission to the last file written; Ray's start-up is printed apart.
@@ -61,7 +61,7 @@ def bench_sweep(n: int, kind: str, cpus: int, workdir: Path) -> None:
     spec = workdir / f"sweep-{kind}.yaml"
     # real: a probe whose own work is about 50 ms on one core; delay: a tiny probe (a few ms)
     # plus a 45 ms sleep, which leaves the CPUs to the scheduler
-    dim, batch, delay = (16, 8192, 0.0) if kind == "real" else (4, 64, 0.045)
+    dim, batch, delay = (32, 32768, 0.0) if kind == "real" else (4, 64, 0.045)
     spec.write_text(SWEEP_SPEC.format(n=n, dim=dim, batch=batch))
     sweep = load_spec(spec)
     t0 = time.perf_counter()
