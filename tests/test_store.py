@@ -69,6 +69,16 @@ def test_written_cells_read_back_as_one_table_and_temporary_files_are_invisible(
     assert store.scan(full=True).done == {c.id for c in cells[:3]}
 
 
+def test_a_cell_file_read_without_the_declared_schema_still_has_its_types_and_metadata(cells):
+    # the files do not embed the Arrow schema; plain Parquet types must read back as declared
+    table = _table(cells[0])
+    read = pq.read_table(pa.BufferReader(encode_cell(table)))
+    assert read.schema.equals(results_schema(), check_metadata=False)
+    assert read.equals(table.replace_schema_metadata(None).cast(read.schema))
+    assert json.loads(read.schema.metadata[b"gradsweep.config"]) == cells[0].config
+    assert read.schema.metadata[b"gradsweep.cell_id"] == cells[0].id.encode()
+
+
 def test_truncated_and_corrupt_files_are_detected_by_both_checks(tmp_path: Path, cells):
     store = SweepStore(tmp_path / "tiny")
     store.create()
