@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sigma", type=float, default=0.01)
     ap.add_argument("--samples", type=int, nargs="+", default=[500, 5000, 50000])
     ap.add_argument("--plain-coordinates", type=int, default=64, help="coordinates the plain CDG loop is timed on")
-    ap.add_argument("--plain-samples", type=int, default=100, help="most samples the plain NES loop runs")
+    ap.add_argument("--plain-samples", type=int, default=300, help="most samples the plain NES loop runs")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--skip-cdg", action="store_true")

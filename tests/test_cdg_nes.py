@@ -112,7 +112,7 @@ def test_cdg_matches_rosenbrock_analytic_gradient(variant):
 
 # -- NES: batched == per-sample loop ------------------------------------------------------------
 
-@pytest.mark.parametrize("activation", ["fp", "binary"])
+@pytest.mark.parametrize("activation", ["fp", "binary", "ternary"])
 @pytest.mark.parametrize("antithetic", [False, True])
 @pytest.mark.parametrize("shaping", ["none", "centered_rank"])
 def test_batched_nes_equals_the_per_sample_loop(activation, antithetic, shaping):

@@ -116,6 +116,9 @@ class ToyBatchedMixin:
         for l in range(1, first):
             h = self.quantize(h @ point[f"fc{l}"].T)
 
+        if self.quantize is identity:
+            return self._linear_losses(point, h, y, deltas, first)
+
         buffers = {l: torch.empty((chunk, x.shape[0], w), dtype=x.dtype, device=x.device) for l, w in widths.items()}
         target = y.reshape(1, -1)
         out = torch.empty(k_total, dtype=x.dtype, device=x.device)
@@ -130,6 +133,30 @@ class ToyBatchedMixin:
                 zk = torch.matmul(hk, wk.transpose(-1, -2), out=buffers[l][: stop - start])
                 hk = quantize_(self.quantize, zk) if l < self.depth else zk
             out[start:stop] = hk.squeeze(-1).sub_(target).pow_(2).mean(-1)
+        return out
+
+    def _linear_losses(
+        self, point: dict[str, torch.Tensor], h: torch.Tensor, y: torch.Tensor, deltas: dict[str, torch.Tensor], first: int
+    ) -> torch.Tensor:
+        """``losses`` of an ``fp`` student: the net above ``first`` is linear, one row per point.
+
+        ``out = h @ (W_depth ... W_first)^T``: the product is a (1, in) row built from small
+        matrices, so a point costs one matrix-vector product over the batch instead of a forward
+        (the same sums, associated differently: equal up to rounding).
+        """
+        k_total = next(iter(deltas.values())).shape[0]
+        chunk = max(1, min(k_total, int(self.chunk_bytes // (4 * h.shape[0] * h.element_size()))))
+        out = torch.empty(k_total, dtype=h.dtype, device=h.device)
+        for start in range(0, k_total, chunk):
+            stop = min(start + chunk, k_total)
+            row = None  # (k, 1, in_l) or (1, in_l): d out / d h_{l-1}
+            for l in range(self.depth, first - 1, -1):
+                name = f"fc{l}"
+                w = point[name] + deltas[name][start:stop] if name in deltas else point[name]
+                row = w if row is None else torch.matmul(row, w)
+            rows = row.reshape(-1, h.shape[1]) if row.dim() == 3 else row  # (k, in) or (1, in)
+            residual = h @ rows.T - y.reshape(-1, 1)  # (B, k)
+            out[start:stop] = residual.pow_(2).mean(0)
         return out
 
     # -- one coordinate at a time, many coordinates at once (CDG) -------------------------------
