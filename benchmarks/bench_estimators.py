@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_estimators.py [--dim 64 --depth 3 --batch 16000
         --activation binary --epsilon 0.1 --sigma 0.01 --samples 500 5000 50000
-        --plain-coordinates 64 --plain-samples 100 --dtype float32 --device cpu]
+        --plain-coordinates 64 --plain-samples 300 --dtype float32 --device cpu]
 
 The toy of the notes (d = 64, depth 3, batch 16000, binary activations). Rows:
 
