@@ -47,7 +47,7 @@ from gradsweep.seeding import generator
 __all__ = ["ToyMLP", "build"]
 
 #: bump when the training procedure changes, so old cached students are not reused
-PRETRAIN_FORMAT = 1
+PRETRAIN_FORMAT = 2  # 2: 2-bit levels written exactly (quantizers.Staircase)
 #: at most this many ``record="pretrain"`` rows (step, training loss) go into each cell's table
 PRETRAIN_ROWS = 100
 
