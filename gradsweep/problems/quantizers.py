@@ -47,8 +47,8 @@ def quantize_(quantize: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor)
 class Staircase:
     """``q(x) = levels[j]`` for the largest j with ``x >= thresholds[j - 1]`` (``levels[0]`` below all).
 
-    ``thresholds`` ascending, one fewer than ``levels``; every output is exactly one of ``levels``. The output has ``x``'s dtype and device
-    and no autograd connection to ``x``.
+    ``thresholds`` ascending, one fewer than ``levels``; every output is exactly one of
+    ``levels``. The output has ``x``'s dtype and device and no autograd connection to ``x``.
     """
 
     def __init__(self, name: str, thresholds: Sequence[float], levels: Sequence[float]) -> None:
@@ -62,30 +62,32 @@ class Staircase:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # This runs on every activation of every perturbed copy in NES and the lr scans, so it is
-        # written for speed: one elementwise pass where possible, in-place otherwise.
+        # written for speed: one elementwise pass where possible.
         x = x.detach()
         if self.is_sign:
             # sign with sign(0) = +1: copysign is one pass; adding 0.0 turns -0.0 into +0.0 first
             return torch.copysign(x.new_full((), self.levels[1]), x + 0.0)
-        out = torch.full_like(x, self.levels[0])
-        for t, level in zip(self.thresholds, self.levels[1:]):
-            out.masked_fill_(x >= t, level)  # thresholds ascend: the highest one reached wins
-        return out
+        return self._fill_levels(x, torch.empty_like(x))
 
     def apply_(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` overwritten with ``self(x)`` (the same values) and returned.
 
         For the batched paths, which reuse their activation buffers: a new tensor of a batch's
         size per call costs the CPU more in fresh pages than the quantizer's arithmetic does.
+        (The sign case differs from ``__call__`` only by ``out=``, which ``vmap`` does not take.)
         """
         with torch.no_grad():
             if self.is_sign:
                 return torch.copysign(x.new_full((), self.levels[1]), x.add_(0.0), out=x)
-            reached = [x >= t for t in self.thresholds]  # every comparison before x is overwritten
-            x.fill_(self.levels[0])
-            for mask, level in zip(reached, self.levels[1:]):
-                x.masked_fill_(mask, level)
-            return x
+            return self._fill_levels(x, x)
+
+    def _fill_levels(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out`` (which may be ``x`` itself) filled with the level of each entry of ``x``."""
+        reached = [x >= t for t in self.thresholds]  # every comparison before out (maybe x) is written
+        out.fill_(self.levels[0])
+        for mask, level in zip(reached, self.levels[1:]):
+            out.masked_fill_(mask, level)  # thresholds ascend: the highest one reached wins
+        return out
 
     @property
     def is_sign(self) -> bool:
