@@ -105,11 +105,7 @@ class ToyBatchedMixin:
         for name in deltas:
             self._layer_number(name)
         x, y = batch
-        k_total = next(iter(deltas.values())).shape[0]
         first = min(self._layer_number(n) for n in deltas)
-        widths = {l: point[f"fc{l}"].shape[0] for l in range(first, self.depth + 1)}
-        per_point = x.shape[0] * sum(widths.values()) * x.element_size()
-        chunk = max(1, min(k_total, int(self.chunk_bytes // per_point)))
 
         # the unperturbed prefix, shared by every point
         h = x
@@ -119,6 +115,10 @@ class ToyBatchedMixin:
         if self.quantize is identity:
             return self._linear_losses(point, h, y, deltas, first)
 
+        k_total = next(iter(deltas.values())).shape[0]
+        widths = {l: point[f"fc{l}"].shape[0] for l in range(first, self.depth + 1)}
+        per_point = x.shape[0] * sum(widths.values()) * x.element_size()
+        chunk = max(1, min(k_total, int(self.chunk_bytes // per_point)))
         buffers = {l: torch.empty((chunk, x.shape[0], w), dtype=x.dtype, device=x.device) for l, w in widths.items()}
         target = y.reshape(1, -1)
         out = torch.empty(k_total, dtype=x.dtype, device=x.device)
