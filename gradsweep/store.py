@@ -22,6 +22,7 @@ Imports pyarrow only: no torch, no Ray.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import socket
@@ -94,24 +95,14 @@ def _pid_alive(pid: int) -> bool:
 class _Layout:
     """The declared schema's fields as plain tuples, and its all-null columns by length.
 
-    ``cell_table`` runs once per cell; iterating a ``pa.Schema`` builds a Field per step and
-    hashing one (for a cache) walks every field, so both are done once per schema object.
+    ``cell_table`` runs once per cell, and iterating a ``pa.Schema`` builds a Field per step:
+    this is done once (:func:`_layout`).
     """
 
-    _by_schema: dict[int, "_Layout"] = {}
-
     def __init__(self, schema: pa.Schema) -> None:
-        self.schema = schema
         self.fields = tuple((f.name, f.type) for f in schema)
-        self.index = {name: i for i, (name, _) in enumerate(self.fields)}
+        self.names = frozenset(name for name, _ in self.fields)
         self._nulls: dict[int, list[pa.Array]] = {}
-
-    @classmethod
-    def of(cls, schema: pa.Schema) -> "_Layout":
-        layout = cls._by_schema.get(id(schema))
-        if layout is None or layout.schema is not schema:
-            layout = cls._by_schema[id(schema)] = cls(schema)
-        return layout
 
     def nulls(self, n: int) -> list[pa.Array]:
         """An all-null column per field, ``n`` long (immutable, so shared between cells)."""
@@ -120,6 +111,12 @@ class _Layout:
                 self._nulls.clear()
             self._nulls[n] = [pa.nulls(n, type=dtype) for _, dtype in self.fields]
         return self._nulls[n]
+
+
+@functools.lru_cache(maxsize=1)
+def _layout() -> _Layout:
+    """The layout of :func:`results_schema` (one schema object for the process)."""
+    return _Layout(results_schema())
 
 
 def _constant(value: Any, n: int, dtype: pa.DataType) -> pa.Array:
@@ -142,14 +139,14 @@ def cell_table(
     cell of ~50 ms should not spend a millisecond on bookkeeping.
     """
     schema = results_schema()
-    layout = _Layout.of(schema)
+    layout = _layout()
     if isinstance(rows, pa.Table):
         given = {name: rows.column(name) for name in rows.column_names}
         n = rows.num_rows
     else:  # column by column: cheaper than Table.from_pandas for a few columns; NaN becomes null as there
         given = {name: rows[name].to_numpy() for name in rows.columns}
         n = len(rows)
-    unknown = [name for name in given if name not in layout.index]
+    unknown = [name for name in given if name not in layout.names]
     if unknown:
         raise ValueError(
             f"cell {cell_id}: run_cell returned columns that the results schema does not declare: "
