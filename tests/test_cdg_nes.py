@@ -226,10 +226,15 @@ def test_bad_parameters_raise_one_error_naming_the_parameter(config, name):
         estimators.get(config)
 
 
-def test_unknown_layer_is_named():
+@pytest.mark.parametrize("kind", ["cdg", "nes", "autograd", "ste"])
+def test_an_unknown_layer_is_one_error_naming_it_for_every_estimator(kind):
     problem, point, batch = toy("binary")
-    with pytest.raises(ValueError, match="fc9"):
-        estimators.get("cdg").estimate(problem, point, batch, ["fc9"], torch.Generator())
+    with pytest.raises(ValueError, match=r"params: unknown layer 'fc9'; valid layers: fc1, fc2, fc3"):
+        estimators.get(kind).estimate(problem, point, batch, ["fc1", "fc9"], torch.Generator())
+
+
+def test_the_problem_names_an_unknown_layer_too():
+    problem, point, batch = toy("binary")
     with pytest.raises(ValueError, match="fc9"):
         problem.perturbed_loss_changes(point, batch, "fc9", torch.tensor([0]), torch.tensor([0.1]))
 

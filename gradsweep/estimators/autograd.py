@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from gradsweep.estimators.base import Estimator, register
+from gradsweep.estimators.base import Estimator, check_layers, register
 from gradsweep.problems.base import Batch, Point, Problem, Surrogate
 
 __all__ = ["Autograd", "loss_gradient"]
@@ -31,6 +31,7 @@ def loss_gradient(
     Layers the loss does not reach (below a step function with no surrogate) get exact zeros
     rather than an autograd error: that *is* their gradient.
     """
+    check_layers(point, layers)
     leaves = {name: point[name].detach().clone().requires_grad_(True) for name in layers}
     moved = {name: leaves.get(name, p.detach()) for name, p in point.items()}
     with torch.enable_grad():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Mapping, TypeVar
+from typing import Any, ClassVar, Mapping, Sequence, TypeVar
 
 import torch
 
@@ -83,6 +83,13 @@ class Estimator(ABC):
         generator: torch.Generator,
     ) -> dict[str, torch.Tensor]:
         """The (unnormalised) gradient estimate for each of ``layers``, shaped like the layer."""
+
+
+def check_layers(point: Point, layers: Sequence[str]) -> None:
+    """Raise one ``ValueError`` naming the first of ``layers`` that ``point`` does not have."""
+    for name in layers:
+        if name not in point:
+            raise ValueError(f"params: unknown layer {name!r}; valid layers: {', '.join(point)}")
 
 
 def get(identifier: "str | Mapping[str, Any] | Estimator") -> Estimator:

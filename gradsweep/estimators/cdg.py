@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from gradsweep.estimators.base import Estimator, register
+from gradsweep.estimators.base import Estimator, check_layers, register
 from gradsweep.problems.base import Batch, Point, Problem
 
 __all__ = ["CDG"]
@@ -41,9 +41,8 @@ class CDG(Estimator):
     ) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         with torch.no_grad():
+            check_layers(point, layers)
             for name in layers:
-                if name not in point:
-                    raise ValueError(f"params: unknown layer {name!r}; valid layers: {', '.join(point)}")
                 w = point[name]
                 grad = torch.empty(w.numel(), dtype=w.dtype, device=w.device)
                 for start in range(0, w.numel(), self.coordinates_per_call):

@@ -7,7 +7,7 @@ from typing import Iterator
 import torch
 
 from gradsweep import seeding
-from gradsweep.estimators.base import Estimator, register
+from gradsweep.estimators.base import Estimator, check_layers, register
 from gradsweep.problems.base import Batch, Point, Problem
 
 __all__ = ["NES", "centered_ranks"]
@@ -105,9 +105,7 @@ class NES(Estimator):
         layers: list[str],
         generator: torch.Generator,
     ) -> dict[str, torch.Tensor]:
-        for name in layers:
-            if name not in point:
-                raise ValueError(f"params: unknown layer {name!r}; valid layers: {', '.join(point)}")
+        check_layers(point, layers)
         w0 = point[layers[0]]
         dtype, device = w0.dtype, w0.device
         sizes = [point[n].numel() for n in layers]
