@@ -121,6 +121,11 @@ def describe(values: Mapping[str, Any], columns: Iterable[str], *, strip: str = 
     return ", ".join(parts)
 
 
+def describe_fixed(key: Mapping[str, Any], *, prefix: str = "") -> str:
+    """A figure key's non-null values (of the columns starting with ``prefix``), for a caption's "Fixed:"."""
+    return describe(key, [c for c in key if c.startswith(prefix)], skip_null=True)
+
+
 def _is_null(value: Any) -> bool:
     """None, NaN or pandas.NA (whatever a null Parquet value became)."""
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))

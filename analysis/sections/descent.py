@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.aggregate import descent_curves
-from analysis.core import Figure, ResultsData, describe, format_value, group_keys, short_name, varying
+from analysis.core import Figure, ResultsData, describe, describe_fixed, format_value, group_keys, short_name, varying
 from analysis.figures import Palette, panels, slug
 
 TITLE = "Descent: loss along repeated steps"
@@ -71,7 +71,7 @@ def section(data: ResultsData, out_dir: Path) -> list[Figure]:
         caption = (
             f"{len(group)} lines (configs), varied: {names}. Each line: the mean loss over"
             f" seeds at each logged step, band min-max over seeds. {data.count(group.index, 'descent')}."
-            f" Fixed: {describe(key, [c for c, v in key.items() if not pd.isna(v)])}."
+            f" Fixed: {describe_fixed(key)}."
         )
         out.append(Figure(path, title, caption))
     return out

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from analysis.core import KIND_NAMES, Figure, ResultsData, describe, format_value, group_keys, short_name, varying
+from analysis.core import KIND_NAMES, Figure, ResultsData, describe, describe_fixed, format_value, group_keys, short_name, varying
 from analysis.figures import Palette, panels, slug
 
 TITLE = "Follow-ups: sr-STE against N, who beats vanilla STE, NES against CDG, training curves"
@@ -177,7 +177,7 @@ def sr_ste_figures(data: ResultsData, per_batch: pd.DataFrame, out_dir: Path) ->
             f" {part['batch'].nunique()} batches. 'Best loss after' is the lowest loss over the lr grid on that batch;"
             " band: min-max over seeds and batches; vanilla STE on the same batches dashed. Middle: per batch of"
             " the first seed, below 0 means sr-STE reached a lower loss than vanilla STE on that batch."
-            f" Fixed: {describe(key, [c for c, v in key.items() if not pd.isna(v)])}."
+            f" Fixed: {describe_fixed(key)}."
         )
         out.append(Figure(path, title, caption))
     return out
@@ -212,7 +212,7 @@ def beats_vanilla_figures(data: ResultsData, per_batch: pd.DataFrame, out_dir: P
         caption = (
             "Per estimator config: wins / (seed, batch) pairs, where a win is a strictly larger best loss"
             " decrease (max over the lr grid) than vanilla STE (clipped, t = 1) on the same batch and seed."
-            f" Fixed: {describe(key, [c for c, v in key.items() if not pd.isna(v)])}."
+            f" Fixed: {describe_fixed(key)}."
         )
         out.append(Figure(path, title, caption))
     return out
@@ -254,7 +254,7 @@ def nes_cosine_figures(data: ResultsData, cosine: pd.DataFrame, out_dir: Path) -
         caption = (
             f"Cosine between NES and the reference over all estimated layers, mean over seeds and batches"
             f" ({part['cell_id'].nunique()} cells). Near 0 or below: NES no longer points where the reference does."
-            f" Fixed: {describe(key, [c for c, v in key.items() if not pd.isna(v)])}."
+            f" Fixed: {describe_fixed(key)}."
         )
         out.append(Figure(path, title, caption))
     return out
@@ -310,7 +310,7 @@ def training_figures(data: ResultsData, train: pd.DataFrame, out_dir: Path) -> l
             f"{len(group)} configs, varied: {names}. Mean loss over seeds (band min-max) on the fixed probe"
             " batches at each logged step; a triangle marks the first logged step after a switch of estimator"
             f" (first seed). {len(cells)} cells, {cells['seed'].nunique()} seeds."
-            f" Fixed: {describe(key, [c for c, v in key.items() if not pd.isna(v)])}."
+            f" Fixed: {describe_fixed(key)}."
         )
         out.append(Figure(path, title, caption))
     return out

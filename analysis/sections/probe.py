@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.aggregate import best_vs_size, cosine_table, probe_curves
-from analysis.core import KIND_NAMES, Figure, ResultsData, describe, format_value, group_keys, short_name, varying
+from analysis.core import KIND_NAMES, Figure, ResultsData, describe, describe_fixed, format_value, group_keys, short_name, varying
 from analysis.figures import Palette, panels, slug, use_log_x
 
 TITLE = "Probe: loss decrease along the estimated direction, and cosine to a reference"
@@ -60,11 +60,6 @@ def _title_part(key: Mapping[str, Any], all_configs: pd.DataFrame, columns: list
         return describe(key, cols)
     kind = key.get("problem.kind")
     return format_value(kind) if kind is not None else ""
-
-
-def _fixed(key: Mapping[str, Any]) -> str:
-    """The key's non-null values, for a caption."""
-    return describe(key, [c for c, v in key.items() if not pd.isna(v)])
 
 
 def lr_figures(data: ResultsData, curves: pd.DataFrame, out_dir: Path, palette: Palette) -> list[Figure]:
@@ -113,7 +108,7 @@ def lr_figures(data: ResultsData, curves: pd.DataFrame, out_dir: Path, palette: 
             + f". Each point: mean loss decrease over seeds and batches (up to {int(sub['n'].max())} samples per point),"
             f" band +-1 std; dashed line: no change. {data.count(group.index, 'probe')}."
             + (f" Panels: {', '.join(panel_labels)}." if len(panel_labels) > 1 else "")
-            + f" Fixed: {_fixed(key)}."
+            + f" Fixed: {describe_fixed(key)}."
         )
         out.append(Figure(path, title, caption))
     return out
@@ -167,7 +162,7 @@ def best_vs_size_figures(data: ResultsData, out_dir: Path, palette: Palette) -> 
                 f" Each point: the mean loss decrease (over seeds and batches) at that config's best lr, the best lr"
                 f" chosen per config and {name}; error bar +-1 std. {data.count(group.index, 'probe')}."
                 + (f" Panels: {', '.join(panel_labels)}." if len(panel_labels) > 1 else "")
-                + f" Fixed: {_fixed(key)}."
+                + f" Fixed: {describe_fixed(key)}."
             )
             out.append(Figure(path, title, caption))
     return out
@@ -225,7 +220,7 @@ def cosine_figures(data: ResultsData, table: pd.DataFrame, out_dir: Path) -> lis
             f" over seeds and batches (up to {int(group['n'].max())} samples per square)."
             f" {data.count(group['config'], 'cosine')}."
             + (f" Panels: {', '.join(panel_labels)}." if len(panel_labels) > 1 else "")
-            + f" Fixed: {_fixed(key)}."
+            + f" Fixed: {describe_fixed(key)}."
         )
         out.append(Figure(path, title, caption))
     return out

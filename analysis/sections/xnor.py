@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.core import KIND_NAMES, Figure, ResultsData, describe, format_value, group_keys, short_name, varying
+from analysis.core import KIND_NAMES, Figure, ResultsData, describe, describe_fixed, format_value, group_keys, short_name, varying
 from analysis.figures import Palette, panels, slug
 
 __all__ = ["TITLE", "section", "best_per_batch", "layer_label"]
@@ -134,15 +134,10 @@ def per_batch_figures(data: ResultsData, probe: pd.DataFrame, out_dir: Path) -> 
             + (f" and over {', '.join(names)}" if names else "")
             + f" for each estimator kind, annotated with the lr{' and ' + ', '.join(names) if names else ''} that reached it;"
             f" one panel per measured layer ({', '.join(layer_label(v) for v in layers)}). {len(cells)} cells."
-            f" Fixed: {_fixed(key)}."
+            f" Fixed: {describe_fixed(key, prefix='problem.')}."
         )
         out.append(Figure(path, title, caption))
     return out
-
-
-def _fixed(key: dict) -> str:
-    """The problem parameters of a figure's key, for its caption."""
-    return describe(key, [c for c, v in key.items() if c.startswith("problem.") and not pd.isna(v)])
 
 
 def cosine_figures(data: ResultsData, cosine: pd.DataFrame, out_dir: Path) -> list[Figure]:
@@ -184,7 +179,7 @@ def cosine_figures(data: ResultsData, cosine: pd.DataFrame, out_dir: Path) -> li
         caption = (
             f"Cosine between CDG's gradient and {key['reference']}'s on the same batch and layer, mean over"
             f" batches and seeds (band +-1 std), one line per weight case and layer. {len(cells)} cells,"
-            f" {cells['seed'].nunique()} seeds. Fixed: {_fixed(key)}."
+            f" {cells['seed'].nunique()} seeds. Fixed: {describe_fixed(key, prefix='problem.')}."
         )
         out.append(Figure(path, title, caption))
     return out
