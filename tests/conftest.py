@@ -40,6 +40,17 @@ device: cpu
 
 
 @pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread for the test, the previous count restored after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def tiny_spec(tmp_path: Path) -> Path:
     """The path of the tiny spec (8 cells) in a fresh folder."""
     path = tmp_path / "tiny.yaml"

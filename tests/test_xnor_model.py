@@ -21,13 +21,8 @@ from gradsweep.problems.xnor_resnet import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: one thread avoids thread-pool contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny tensors on a shared 2-core machine: one thread avoids thread-pool contention
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_cfg(**pretrain) -> dict:
