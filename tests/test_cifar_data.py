@@ -65,7 +65,7 @@ def test_missing_copy_names_what_is_missing(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_cifar_probe_batches_come_from_the_test_batch(tmp_path: Path) -> None:
-    from gradsweep.problems.xnor_resnet import build
+    from builders import build_xnor as build
 
     folder = write_fake_cifar(tmp_path)
     cfg = {"kind": "xnor_resnet18", "channels": 2, "weights": "fp",
@@ -104,7 +104,7 @@ def test_augmentation_crops_and_flips_deterministically() -> None:
 
 
 def test_a_probe_without_pretraining_draws_no_synthetic_training_set() -> None:
-    cfg = {"source": "synthetic", "image_size": 8, "train_size": 300}
+    cfg = {"source": "synthetic", "image_size": 8, "train_size": 300, "batch_size": 128, "batches": 10}
     data = load(cfg, seed=3, train=False)
     assert len(data.train_x) == 0 and len(data.train_y) == 0
     assert torch.equal(data.val_x, load(cfg, seed=3).val_x)

@@ -7,7 +7,7 @@ import torch
 
 from gradsweep import estimators
 from gradsweep.problems.rosenbrock import Rosenbrock
-from gradsweep.problems.toy_mlp import build
+from builders import build_toy as build
 from gradsweep.seeding import generator
 
 LAYERS = ["fc1", "fc2", "fc3"]
@@ -116,7 +116,7 @@ def test_random_ste_is_random_but_reproducible(random, toy):
 
 
 def test_random_ste_rejects_low_above_high():
-    with pytest.raises(ValueError, match=r"random_ste: expected low <= high, got low=0\.9 high=0\.2"):
+    with pytest.raises(ValueError, match=r"estimator: expected low <= high, got low=0\.9 high=0\.2"):
         estimators.get({"kind": "random_ste", "low": 0.9, "high": 0.2})
 
 

@@ -8,7 +8,7 @@ import torch
 
 from gradsweep import estimators
 from gradsweep.experiments import normalized, probe
-from gradsweep.problems.toy_mlp import build
+from builders import build_toy as build
 from gradsweep.seeding import generator
 
 FINE = np.arange(1, 50_001) * 1e-5  # 1e-5, 2e-5, ..., 0.5: the notes' 50,000 lrs

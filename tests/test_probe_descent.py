@@ -11,8 +11,8 @@ from gradsweep import estimators
 from gradsweep.experiments import cosines, normalized, step_losses
 from gradsweep.experiments import descent, probe
 from gradsweep.experiments.descent import decays_before
-from gradsweep.problems.rosenbrock import build as build_rosenbrock
-from gradsweep.problems.toy_mlp import build as build_toy
+from builders import build_rosenbrock
+from builders import build_toy
 from gradsweep.seeding import generator
 
 CPU = torch.device("cpu")

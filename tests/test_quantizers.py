@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradsweep.problems.quantizers import QUANTIZERS, get_quantizer, quantize_
+from gradsweep import registry
+from gradsweep.problems.quantizers import get_quantizer, quantize_
+
+QUANTIZERS = list(registry.kinds("activation"))
 
 X = torch.tensor([-3.0, -1.0, -2 / 3, -0.5, -0.4, -0.0, 0.0, 0.2, 1 / 3, 0.5, 2 / 3, 0.9, 4.0], dtype=torch.float64)
 
@@ -53,7 +56,7 @@ def test_quantizers_work_under_vmap(name):
 
 
 def test_unknown_quantizer_names_it_and_suggests():
-    with pytest.raises(ValueError, match=r"unknown quantizer 'binray'.*did you mean 'binary'"):
+    with pytest.raises(ValueError, match=r"activation: unknown kind 'binray'; did you mean 'binary'"):
         get_quantizer("binray")
 
 

@@ -8,7 +8,8 @@ import torch
 
 from gradsweep import estimators
 from gradsweep.cell import run_cell
-from gradsweep.problems.rosenbrock import Rosenbrock, build
+from builders import build_rosenbrock as build
+from gradsweep.problems.rosenbrock import Rosenbrock
 
 F64 = torch.float64
 CPU = torch.device("cpu")
@@ -72,12 +73,12 @@ def test_randint_start_is_seeded_and_in_range():
 
 
 def test_bad_n_and_x0_are_named():
-    with pytest.raises(ValueError, match=r"n: the 'pairs' variant needs an even n, got 7"):
+    with pytest.raises(ValueError, match=r"problem: n must be even for variant pairs \(x_\(2i-1\), x_\(2i\)\), got n = 7"):
         rosen("pairs", n=7)
     assert rosen("chain", n=7).n == 7
-    with pytest.raises(ValueError, match=r"x0: expected a list of n = 4 numbers, got 3"):
+    with pytest.raises(ValueError, match=r"problem: x0 must have n = 4 numbers, got 3"):
         rosen(n=4, x0=[1, 2, 3])
-    with pytest.raises(ValueError, match=r"x0: expected a list of 4 numbers or \{randint"):
+    with pytest.raises(ValueError, match=r"problem.x0: expected a list of numbers or \{randint: \[lo, hi\]\}, got a mapping"):
         rosen(n=4, x0={"uniform": [0, 1]})
 
 

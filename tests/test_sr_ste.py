@@ -10,7 +10,7 @@ from gradsweep.estimators.sr_ste import (
     StochasticRounding, relaxed_bernoulli, scale_preactivation, surrogate_losses,
 )
 from gradsweep.estimators.ste import Ste
-from gradsweep.problems.toy_mlp import build
+from builders import build_toy as build
 from gradsweep.seeding import generator
 
 # exact boundaries included: 0, +-1 (edge of the STE window), the extremes that scale to +-1

@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from gradsweep import estimators
-from gradsweep.estimators.ste import SURROGATES, Clipped, surrogate
+from gradsweep import registry
+from gradsweep.problems.surrogates import Clipped, surrogate
+
+SURROGATES = list(registry.kinds("surrogate"))
 from gradsweep.problems.quantizers import get_quantizer
 from gradsweep.problems.toy_mlp import ToyMLP
 
@@ -69,7 +72,7 @@ def test_config_round_trips(variant):
 
 
 def test_unknown_variant_is_named_with_a_suggestion():
-    with pytest.raises(ValueError, match=r"variant: unknown STE variant 'cliped'.*did you mean 'clipped'"):
+    with pytest.raises(ValueError, match=r"variant: surrogate: unknown kind 'cliped'; did you mean 'clipped'"):
         surrogate("cliped")
 
 

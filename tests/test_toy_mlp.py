@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradsweep.estimators.ste import Clipped
+from gradsweep.problems.surrogates import Clipped
 from gradsweep.problems import build_problem
-from gradsweep.problems.toy_mlp import ToyMLP, build
+from builders import build_toy as build
+from gradsweep.problems.toy_mlp import ToyMLP
 
 CPU = torch.device("cpu")
 
@@ -113,7 +114,7 @@ def test_build_problem_dispatches_on_kind(tmp_path):
 CONCURRENT = """
 import sys, torch
 torch.set_num_threads(1)
-from gradsweep.problems.toy_mlp import build
+from gradsweep.problems import build_problem as build
 cfg = {"kind": "toy_mlp", "dim": 16, "pretrain": {"steps": 100, "batch_size": 1000}}
 p = build(cfg, seed=0, dtype=torch.float32, device=torch.device("cpu"), cache_dir=sys.argv[1])
 print(p.pretrain_cache_hit, float(sum(w.double().sum() for w in p.point().values())))

@@ -11,7 +11,7 @@ import torch
 from gradsweep import estimators
 from gradsweep.experiments import train
 from gradsweep.problems.rosenbrock import Rosenbrock
-from gradsweep.problems.toy_mlp import build
+from builders import build_toy as build
 from gradsweep.seeding import generator
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradsweep.estimators.ste import surrogate
+from gradsweep.problems.surrogates import surrogate
 from gradsweep.problems.xnor_resnet import (
     Ctx, activation, architecture, binary_sign, binary_weight, build, logits, pretrain,
     pretrained,

@@ -39,19 +39,19 @@ def load(cfg: Mapping[str, Any], *, seed: int, train: bool = True) -> Dataset:
     ``train=False`` leaves the synthetic training set empty (a probe without pretraining never
     reads it, and drawing and labelling 10,000 images costs seconds per cell).
     """
-    source = cfg.get("source", "synthetic")
+    source = cfg["source"]
     if source == "synthetic":
         from gradsweep.data.synthetic import synthetic_dataset
 
-        n_val = max(1000, int(cfg.get("batch_size", 128)) * int(cfg.get("batches", 10)))
+        n_val = max(1000, int(cfg["batch_size"]) * int(cfg["batches"]))
         return synthetic_dataset(
-            seed=seed, train_size=int(cfg.get("train_size", 10000)) if train else 0, val_size=n_val,
-            image_size=int(cfg.get("image_size", 32)),
+            seed=seed, train_size=int(cfg["train_size"]) if train else 0, val_size=n_val,
+            image_size=int(cfg["image_size"]),
         )
     if source == "cifar10":
         from gradsweep.data.cifar10 import load_cifar10
 
-        return load_cifar10(cfg.get("path"))
+        return load_cifar10(cfg["path"])
     raise ValueError(f"problem.data.source: expected 'synthetic' or 'cifar10', got {source!r}")
 
 

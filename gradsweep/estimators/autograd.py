@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from gradsweep.estimators.base import Estimator, check_layers, register
+from gradsweep.estimators.base import Estimator, check_layers
 from gradsweep.problems.base import Batch, Point, Problem, Surrogate
 
 __all__ = ["Autograd", "loss_gradient"]
@@ -45,7 +45,6 @@ def loss_gradient(
     }
 
 
-@register("autograd")
 class Autograd(Estimator):
     """The exact gradient ``g = dL/dw`` (zero through step functions; see the module docstring)."""
 

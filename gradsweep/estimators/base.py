@@ -1,45 +1,21 @@
-"""The estimator interface and its registry.
+"""The estimator interface.
 
-An estimator is a small class that holds its hyper-parameters (validated against
-:data:`gradsweep.catalog.ESTIMATORS`), is registered under its spec name by :func:`register`, and
-returns a gradient estimate for chosen layers of a problem. :func:`get` turns a name, a mapping
-(``{"kind": "cdg", "epsilon": 0.1}``) or an instance into an instance, or raises a
-:class:`ValueError` that names the bad value and the valid ones (larq's ``quantizers.get``).
+An estimator is a small class that holds its hyper-parameters and returns a gradient estimate
+for chosen layers of a problem. Its parameters are declared with the kind (``estimator(...)`` in
+:mod:`gradsweep.estimators` for the built-in ones, or in a plugin), where the spec layer
+validates them; :func:`get` turns a name, a mapping (``{"kind": "cdg", "epsilon": 0.1}``) or an
+instance into an instance, or raises a :class:`ValueError` that names the bad value and the
+valid ones (larq's ``quantizers.get``).
 """
 
 from __future__ import annotations
 
-import difflib
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Mapping, Sequence, TypeVar
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from gradsweep.problems.base import Batch, Point, Problem
-
-_REGISTRY: dict[str, type["Estimator"]] = {}
-
-E = TypeVar("E", bound=type["Estimator"])
-
-
-def register(name: str):
-    """Class decorator: make the estimator available to specs under ``name``."""
-
-    def wrap(cls: E) -> E:
-        if name in _REGISTRY:
-            raise ValueError(f"estimator {name!r} registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-def registered() -> dict[str, type["Estimator"]]:
-    """Name -> class of every registered estimator (importing the implementations first)."""
-    import gradsweep.estimators  # noqa: F401  (registers the built-in estimators)
-
-    return dict(_REGISTRY)
 
 
 class Estimator(ABC):
@@ -50,15 +26,33 @@ class Estimator(ABC):
     ``seed``: the same cell gives the same numbers.
     """
 
-    name: ClassVar[str]
+    #: the spec name of this instance's kind
+    name: str = ""
 
     def __init__(self, **params: Any) -> None:
+        """Direct construction (a notebook, a test): ``params`` are validated and completed by
+        the spec layer against this class's declaration. :func:`get` skips that second pass."""
         from gradsweep.spec.validate import validate_estimator  # torch-free; fills defaults
 
-        self.params: dict[str, Any] = validate_estimator({"kind": self.name, **params})
-        for key, value in self.params.items():
+        self._configure(validate_estimator({"kind": _kind_of(type(self)), **params}))
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "Estimator":
+        """An instance from an already canonical config (``kind`` included)."""
+        self = cls.__new__(cls)
+        self._configure(dict(config))
+        return self
+
+    def _configure(self, config: dict[str, Any]) -> None:
+        self.params: dict[str, Any] = config
+        self.name = config["kind"]
+        for key, value in config.items():
             if key != "kind":
                 setattr(self, key, value)
+        self.setup()
+
+    def setup(self) -> None:
+        """Derive state from the parameters (called once they are set; override as needed)."""
 
     def get_config(self) -> dict[str, Any]:
         """The canonical parameters, ``kind`` included; ``get(e.get_config())`` rebuilds ``e``."""
@@ -93,18 +87,36 @@ def check_layers(point: Point, layers: Sequence[str]) -> None:
 
 
 def get(identifier: "str | Mapping[str, Any] | Estimator") -> Estimator:
-    """An estimator from its name, its config mapping, or itself."""
+    """An estimator from its name, its config mapping, or itself.
+
+    The config is validated and completed by the spec layer against the kind's declaration (a
+    bad key or value is a ``SpecError``, a ``ValueError``, naming it); the class is the kind's
+    implementation, imported on first use.
+    """
     if isinstance(identifier, Estimator):
         return identifier
-    if isinstance(identifier, str):
-        identifier = {"kind": identifier}
-    if not isinstance(identifier, Mapping) or "kind" not in identifier:
+    from gradsweep import registry
+    from gradsweep.spec.validate import validate_estimator  # torch-free; fills defaults
+
+    if not isinstance(identifier, (str, Mapping)) or (isinstance(identifier, Mapping) and "kind" not in identifier):
         raise ValueError(f"estimator: expected a name or a mapping with 'kind', got {identifier!r}")
-    registry = registered()
-    kind = identifier["kind"]
-    if kind not in registry:
-        near = difflib.get_close_matches(str(kind), registry, n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ValueError(f"estimator: unknown kind {kind!r}{hint} (known: {', '.join(sorted(registry))})")
-    params = {k: v for k, v in identifier.items() if k != "kind"}
-    return registry[kind](**params)
+    params = validate_estimator(identifier)
+    return registry.implementation("estimator", params["kind"]).from_config(params)
+
+
+def _kind_of(cls: type) -> str:
+    """The estimator kind whose declaration names ``cls`` as its implementation."""
+    from gradsweep import registry
+
+    target = f"{cls.__module__}:{cls.__qualname__}"
+    for name, kind in registry.kinds("estimator").items():
+        if kind.impl is cls or kind.impl == target:
+            return name
+    raise ValueError(f"{cls.__qualname__} is not the implementation of any declared estimator kind")
+
+
+def registered() -> dict[str, Any]:
+    """Name -> declaration of every estimator kind (built-in and plugins)."""
+    from gradsweep import registry
+
+    return dict(registry.kinds("estimator"))

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from gradsweep.estimators.base import Estimator, check_layers, register
+from gradsweep.estimators.base import Estimator, check_layers
 from gradsweep.problems.base import Batch, Point, Problem
 
 __all__ = ["CDG"]
 
 
-@register("cdg")
 class CDG(Estimator):
     """Finite differences along every coordinate ``e_i`` of the chosen layers.
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from gradsweep.estimators.base import Estimator, get, register
-from gradsweep.estimators.ste import Clipped
+from gradsweep.estimators.base import Estimator, get
+from gradsweep.problems.surrogates import Clipped
 from gradsweep.estimators.autograd import loss_gradient
 from gradsweep.problems.base import Batch, Point, Problem, Surrogate
 
@@ -48,7 +48,6 @@ def _unflat(vec: torch.Tensor, point: Point, layers: list[str]) -> dict[str, tor
     return out
 
 
-@register("nes_max_point")
 class NesMaxPoint(Estimator):
     """Step toward the sampled NES point with the lowest loss.
 
@@ -71,8 +70,7 @@ class NesMaxPoint(Estimator):
     samples: int
     antithetic: bool
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
+    def setup(self) -> None:
         self.nes = get({"kind": "nes", **{k: v for k, v in self.params.items() if k != "kind"}})
 
     def estimate(
@@ -109,7 +107,6 @@ class NesMaxPoint(Estimator):
         return _unflat(g, point, layers)
 
 
-@register("perturbed_ste")
 class PerturbedSTE(Estimator):
     """The best of the STE direction and K noisy copies of it, judged by the loss one step away.
 
@@ -124,9 +121,10 @@ class PerturbedSTE(Estimator):
     candidates: int
     step: float
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        ste_keys = ("variant", "threshold", "beta")
+    def setup(self) -> None:
+        from gradsweep import registry
+
+        ste_keys = registry.registry().group("estimator", "ste").fields  # variant and its parameters
         self.ste = get({"kind": "ste", **{k: v for k, v in self.params.items() if k in ste_keys}})
 
     def estimate(
@@ -171,7 +169,6 @@ class RandomSurrogate(Surrogate):
         return Clipped(1.0).derivative(x) * (1 + self.scale * xi)
 
 
-@register("random_ste")
 class RandomSTE(Estimator):
     """STE with a random surrogate derivative: ``g = grad_w L(w; RandomSurrogate)``.
 
@@ -182,13 +179,6 @@ class RandomSTE(Estimator):
     """
 
     randomize: str
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        if self.randomize == "threshold" and self.params["low"] > self.params["high"]:
-            raise ValueError(
-                f"estimator random_ste: expected low <= high, got low={self.params['low']} high={self.params['high']}"
-            )
 
     def surrogate(self, generator: torch.Generator) -> RandomSurrogate:
         kw = {k: self.params[k] for k in ("low", "high", "scale") if k in self.params}

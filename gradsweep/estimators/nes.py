@@ -7,7 +7,7 @@ from typing import Iterator
 import torch
 
 from gradsweep import seeding
-from gradsweep.estimators.base import Estimator, check_layers, register
+from gradsweep.estimators.base import Estimator, check_layers
 from gradsweep.problems.base import Batch, Point, Problem
 
 __all__ = ["NES", "centered_ranks"]
@@ -29,7 +29,6 @@ def centered_ranks(values: torch.Tensor) -> torch.Tensor:
     return (mean_rank[inverse] / (n - 1) - 0.5).reshape(values.shape)
 
 
-@register("nes")
 class NES(Estimator):
     """Gaussian-smoothing gradient from ``n = samples`` directions ``u_k ~ N(0, I)``.
 

@@ -30,8 +30,8 @@ from typing import Callable
 import torch
 
 from gradsweep.estimators.autograd import loss_gradient
-from gradsweep.estimators.base import Estimator, register
-from gradsweep.estimators.ste import Clipped
+from gradsweep.estimators.base import Estimator
+from gradsweep.problems.surrogates import Clipped
 from gradsweep.problems.base import Batch, Point, Problem, Surrogate, straight_through
 
 __all__ = ["StochasticRounding", "SrSTE", "scale_preactivation", "relaxed_bernoulli", "surrogate_losses"]
@@ -159,7 +159,6 @@ def require_binary(problem: Problem, name: str) -> None:
         )
 
 
-@register("sr_ste")
 class SrSTE(Estimator):
     """Stochastic-rounding STE: ``g = (1/N) sum_{j=1..N} grad_w L(w; sr_j)``.
 

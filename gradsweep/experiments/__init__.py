@@ -1,136 +1,101 @@
-"""What one cell does: ``probe``, ``descent``, ``train`` (one module each).
+"""What one cell does (``probe``, ``descent``, ``train``) and the update rules, declared once.
 
-Every experiment module defines::
-
-    run(problem, estimator, config, *, generator_for) -> pandas.DataFrame
-
-- ``problem``: a built :class:`~gradsweep.problems.base.Problem` (on its device and dtype);
-- ``estimator``: a built :class:`~gradsweep.estimators.base.Estimator`;
-- ``config``: the canonical cell config (``params``, ``measure``, ``step`` ... as in SPEC.md);
-- ``generator_for(*parts) -> torch.Generator``: a generator on the problem's device seeded by
-  ``derive_seed(cell seed, *parts)``. Experiments ask for ``("estimate", i, estimator seed)``
-  before each estimate (``i`` the batch or step): the same cell always draws the same numbers,
-  and two estimators with one config draw the same ones.
-
-The table has a ``record`` column and metric columns of
-:data:`gradsweep.results_schema.METRIC_FIELDS`; :func:`gradsweep.cell.run_cell` adds the device.
-
-The helpers below are shared by the experiments: the one normalisation over all estimated
-layers, the cosine, and the batched evaluation of many step lengths along one direction.
+Each :func:`~gradsweep.declare.experiment` names its implementation (a module's ``run``, see
+:mod:`gradsweep.experiments.common`), the top-level spec sections it reads (``measure`` for the
+probe, ``step`` for descent and train) and how its cost grows with the estimator's. The update
+rules of ``step`` and ``pretrain`` are :func:`~gradsweep.declare.optimizer` kinds. Torch-free.
 """
 
 from __future__ import annotations
 
-import importlib
-import math
-import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
-import torch
+from gradsweep.declare import (
+    Choice, Group, OneOf, Param, ProblemCost, experiment, optimizer, positive_float, positive_int,
+)
 
-from gradsweep.devices import synchronize
-from gradsweep.problems.base import Batch, Point, Problem
+__all__ = ["KINDS", "MEASURE", "STEP", "DECAY", "get_experiment"]
 
-__all__ = [
-    "EXPERIMENTS", "GeneratorFor", "get_experiment", "estimator_seed", "timed_estimate",
-    "global_norm", "normalized", "cosines", "step_losses",
+MEASURE = Group(
+    {
+        "lrs": Param("number_list", {"logspace": [-5, 0, 6]}, "learning rates of the probe"),
+        "reference": OneOf("estimator", doc="estimator whose gradient the cosine is taken against",
+                           nullable=True, default=None),
+        "evaluate": Param(
+            "str", "plain",
+            "forward that judges the loss before/after the update: plain sign (for sr_ste: 'fixed sr-STE', "
+            "the notes' default), or the estimator's own (sr_ste's stochastic rounding; an error for the others)",
+            choices=("plain", "estimator"),
+        ),
+    },
+)
+
+DECAY = Group(
+    {
+        "factor": positive_float("multiply by this", 0.1),
+        "every": positive_int("steps between decays", 10000),
+        "after": Param("int", 0, "first decay at this step", low=0),
+        "applies_to": Param("str_list", ["lr"], "what decays: lr, epsilon, sigma", choices=("lr", "epsilon", "sigma")),
+    },
+    nullable=True,
+    default=None,
+)
+
+STEP = Group(
+    {
+        "lr": positive_float("learning rate", 0.1),
+        "normalize": Param("bool", True, "step along the unit-norm estimate"),
+        "steps": positive_int("updates", 1000),
+        "log_every": positive_int("steps between logged rows", 100),
+        "optimizer": Choice("optimizer", "sgd", "update rule"),
+        "batches": Param("str", "fresh", "train: a fresh batch per step, or the probe batches in turn", choices=("fresh", "fixed")),
+        "decay": DECAY,
+        "switch": OneOf("estimator", doc="train: change to this estimator when the loss stops falling",
+                        nullable=True, default=None),
+        "patience": positive_int("train: logged rows without improvement before switching", 5),
+    },
+)
+
+
+def _probe_cost(config: Mapping[str, Any], problem: ProblemCost, evaluations: float) -> float:
+    """Per batch: one estimate, then one loss per learning rate."""
+    lrs = (config.get("measure") or {}).get("lrs") or [1]
+    return problem.batches * (evaluations + len(lrs)) * problem.eval_flops
+
+
+def _steps_cost(config: Mapping[str, Any], problem: ProblemCost, evaluations: float) -> float:
+    """One estimate per update step, on one batch."""
+    return int((config.get("step") or {}).get("steps", 1)) * evaluations * problem.eval_flops
+
+
+KINDS = [
+    experiment("probe", impl="gradsweep.experiments.probe:run", sections={"measure": MEASURE}, cost=_probe_cost,
+               doc="one estimate per batch, the loss after a step of each lr, cosines to a reference"),
+    experiment("descent", impl="gradsweep.experiments.descent:run", sections={"step": STEP}, cost=_steps_cost,
+               doc="K normalised steps along the estimate, with a decay schedule"),
+    experiment("train", impl="gradsweep.experiments.train:run", sections={"step": STEP}, cost=_steps_cost,
+               doc="K optimizer steps with an estimator, switching estimator when the loss stops falling"),
+    optimizer("sgd", impl="gradsweep.optimizers:SGD", doc="w <- w - lr g"),
+    optimizer("momentum", impl="gradsweep.optimizers:Momentum", doc="SGD with momentum (torch's rule)",
+              params={"momentum": Param("float", 0.9, "momentum of 'momentum'", low=0.0, high=1.0)}),
+    optimizer("adam", impl="gradsweep.optimizers:Adam", doc="Adam (torch's defaults)"),
 ]
-
-GeneratorFor = Callable[..., torch.Generator]
-
-EXPERIMENTS = {
-    "probe": "gradsweep.experiments.probe",
-    "descent": "gradsweep.experiments.descent",
-    "train": "gradsweep.experiments.train",
-}
-
-#: bytes of perturbation deltas handed to ``problem.losses`` in one call (it chunks further)
-STEP_CHUNK_BYTES = 1 << 28
 
 
 def get_experiment(name: str) -> Callable[..., Any]:
     """The ``run`` function of experiment ``name`` (imported on first use)."""
-    if name not in EXPERIMENTS:
-        raise ValueError(f"experiment: unknown {name!r} (known: {', '.join(EXPERIMENTS)})")
-    return importlib.import_module(EXPERIMENTS[name]).run
+    from gradsweep import registry
+
+    return registry.implementation("experiment", name)
 
 
-def estimator_seed(estimator: Any) -> int:
-    """The estimator's own ``seed`` parameter, 0 for the deterministic ones."""
-    return int(getattr(estimator, "params", {}).get("seed", 0))
+def __getattr__(name: str) -> Any:
+    # The shared helpers import torch: load them only when asked for.
+    import importlib
 
-
-def timed_estimate(
-    estimator: Any,
-    problem: Problem,
-    point: Point,
-    batch: Batch,
-    layers: list[str],
-    generator: torch.Generator,
-) -> tuple[dict[str, torch.Tensor], float]:
-    """``(estimate, seconds)``; on CUDA the clock stops only after the kernels have finished."""
-    synchronize(problem.device)
-    start = time.perf_counter()
-    grads = estimator.estimate(problem, point, batch, layers, generator)
-    synchronize(problem.device)
-    return grads, time.perf_counter() - start
-
-
-def global_norm(grads: Mapping[str, torch.Tensor]) -> float:
-    """The L2 norm over every layer together (float64 accumulation)."""
-    return math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads.values()))
-
-
-def normalized(grads: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], float]:
-    """``(g / ||g||, ||g||)`` with one norm over all layers; a zero estimate stays zero."""
-    norm = global_norm(grads)
-    if norm == 0.0 or not math.isfinite(norm):
-        return {n: torch.zeros_like(g) if norm == 0.0 else g / norm for n, g in grads.items()}, norm
-    return {n: g / norm for n, g in grads.items()}, norm
-
-
-def cosines(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    """Cosine of ``a`` and ``b`` per layer and over all layers (``"all"``); NaN where a norm is 0."""
-
-    def cos(dot: float, na: float, nb: float) -> float:
-        return dot / math.sqrt(na * nb) if na > 0 and nb > 0 else math.nan
-
-    out: dict[str, float] = {}
-    dots = norms_a = norms_b = 0.0
-    for name in a:
-        x, y = a[name].double().flatten(), b[name].double().flatten()
-        d, na, nb = float(x @ y), float(x @ x), float(y @ y)
-        out[name] = cos(d, na, nb)
-        dots, norms_a, norms_b = dots + d, norms_a + na, norms_b + nb
-    out["all"] = cos(dots, norms_a, norms_b)
-    return out
-
-
-def step_losses(
-    problem: Problem,
-    point: Point,
-    batch: Batch,
-    direction: Mapping[str, torch.Tensor],
-    lrs: Sequence[float] | torch.Tensor,
-    *,
-    losses: Callable[[Point, Batch, dict[str, torch.Tensor]], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """``[L(w - lr_k * direction) for k]`` in batched calls of ``problem.losses``.
-
-    Deltas for as many lrs as fit in :data:`STEP_CHUNK_BYTES` go to one call; there is no Python
-    loop per lr, so a scan of 50,000 lrs costs a few calls. ``losses`` replaces
-    ``problem.losses`` (a non-plain forward judging the loss).
-    """
-    evaluate = losses or problem.losses
-    lr = torch.as_tensor(lrs, dtype=problem.dtype, device=problem.device).flatten()
-    per_lr = sum(d.numel() * d.element_size() for d in direction.values())
-    chunk = max(1, STEP_CHUNK_BYTES // max(per_lr, 1))
-    out = []
-    with torch.no_grad():
-        for start in range(0, lr.numel(), chunk):
-            block = lr[start:start + chunk]
-            deltas = {
-                n: -block.view(-1, *([1] * d.dim())) * d.unsqueeze(0) for n, d in direction.items()
-            }
-            out.append(evaluate(point, batch, deltas).reshape(-1))
-    return torch.cat(out) if out else torch.empty(0, dtype=problem.dtype, device=problem.device)
+    if name.startswith("__"):
+        raise AttributeError(name)
+    common = importlib.import_module("gradsweep.experiments.common")
+    if name in common.__all__ or name == "STEP_CHUNK_BYTES":
+        return getattr(common, name)
+    raise AttributeError(f"module 'gradsweep.experiments' has no attribute {name!r}")

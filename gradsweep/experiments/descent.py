@@ -28,24 +28,20 @@ from typing import Any, Mapping
 import pandas as pd
 import torch
 
-from gradsweep import catalog, estimators
+from gradsweep import estimators
 from gradsweep.experiments import GeneratorFor, estimator_seed, normalized, timed_estimate
-from gradsweep.optimizers import OPTIMIZERS, Optimizer
+from gradsweep.optimizers import make as make_optimizer
+from gradsweep.spec.validate import complete_sections
 from gradsweep.problems.base import Problem
 
 __all__ = ["run", "decays_before"]
 
-DECAYABLE = ("lr", "epsilon", "sigma")
 
 
 def decays_before(step: int, *, every: int, after: int) -> int:
     """How many decays have happened by update ``step`` (see the module docstring)."""
     start = after if after > 0 else every
     return 0 if step < start else 1 + (step - start) // every
-
-
-def _option(group: Mapping[str, Any], key: str, declared: catalog.Group) -> Any:
-    return declared.value(group, key, where="step.")
 
 
 def _scale_name(estimator: Any) -> str | None:
@@ -55,22 +51,16 @@ def _scale_name(estimator: Any) -> str | None:
 
 def run(problem: Problem, estimator: Any, config: Mapping[str, Any], *, generator_for: GeneratorFor) -> pd.DataFrame:
     """The descent rows of one cell (see the module docstring)."""
-    step_cfg = dict(config.get("step") or {})
-    lr0 = float(_option(step_cfg, "lr", catalog.STEP))
-    normalize = bool(_option(step_cfg, "normalize", catalog.STEP))
-    steps = int(_option(step_cfg, "steps", catalog.STEP))
-    log_every = int(_option(step_cfg, "log_every", catalog.STEP))
-    optimizer_name = str(_option(step_cfg, "optimizer", catalog.STEP))
-    decay = step_cfg.get("decay")
+    config = complete_sections(config, "descent")
+    step_cfg = config["step"]
+    lr0, normalize = float(step_cfg["lr"]), bool(step_cfg["normalize"])
+    steps, log_every = int(step_cfg["steps"]), int(step_cfg["log_every"])
+    decay = step_cfg["decay"]
     factor, every, after, applies_to = 1.0, 1, 0, []
     if decay:
-        factor = float(_option(decay, "factor", catalog.DECAY))
-        every = int(_option(decay, "every", catalog.DECAY))
-        after = int(_option(decay, "after", catalog.DECAY))
-        applies_to = list(_option(decay, "applies_to", catalog.DECAY))
+        factor, every, after = float(decay["factor"]), int(decay["every"]), int(decay["after"])
+        applies_to = list(decay["applies_to"])
         for name in applies_to:
-            if name not in DECAYABLE:
-                raise ValueError(f"step.decay.applies_to: expected names among {DECAYABLE}, got {name!r}")
             if name != "lr" and name not in estimator.params:
                 raise ValueError(
                     f"step.decay.applies_to: {name!r} is not a parameter of estimator {estimator.name!r}"
@@ -80,10 +70,7 @@ def run(problem: Problem, estimator: Any, config: Mapping[str, Any], *, generato
     batch = next(iter(problem.batches()))
     start = problem.point()
     params = {n: start[n].detach().clone() for n in layers}
-    if optimizer_name not in OPTIMIZERS:
-        raise ValueError(f"step.optimizer: expected one of {OPTIMIZERS}, got {optimizer_name!r}")
-    momentum = float(_option(step_cfg, "momentum", catalog.STEP)) if optimizer_name == "momentum" else 0.0
-    optimizer = Optimizer(optimizer_name, lr0, momentum=momentum)
+    optimizer = make_optimizer(step_cfg["optimizer"], lr0, step_cfg)
 
     base_config = estimator.get_config()
     current, current_decays = estimator, 0

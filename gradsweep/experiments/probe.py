@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from gradsweep import estimators
+from gradsweep.spec.validate import complete_sections
 from gradsweep.experiments import (
     GeneratorFor, cosines, estimator_seed, normalized, step_losses, timed_estimate,
 )
@@ -65,13 +66,14 @@ def _loss_function(
 
 def run(problem: Problem, estimator: Any, config: Mapping[str, Any], *, generator_for: GeneratorFor) -> pd.DataFrame:
     """The probe rows of one cell (see the module docstring)."""
-    measure = dict(config.get("measure") or {})
-    lrs = [float(v) for v in measure.get("lrs", [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0])]
+    config = complete_sections(config, "probe")
+    measure = config["measure"]
+    lrs = [float(v) for v in measure["lrs"]]
     if not lrs:
         raise ValueError("measure.lrs: expected at least one learning rate")
-    reference = estimators.get(measure["reference"]) if measure.get("reference") else None
+    reference = estimators.get(measure["reference"]) if measure["reference"] else None
     same_as_reference = reference is not None and reference.get_config() == estimator.get_config()
-    evaluate = measure.get("evaluate", "plain")
+    evaluate = measure["evaluate"]
     if evaluate == "estimator" and not hasattr(estimator, "evaluation_surrogate"):
         _loss_function(estimator, evaluate, problem, {}, None, generator_for("evaluate"))  # raises, before any work
     layers = problem.select_layers(config.get("params", "all"))

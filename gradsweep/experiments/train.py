@@ -27,11 +27,11 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 import torch
 
-from gradsweep import catalog
 from gradsweep.estimators import Estimator, get
 from gradsweep.experiments import GeneratorFor, estimator_seed, normalized, timed_estimate
-from gradsweep.experiments.descent import DECAYABLE, decays_before
-from gradsweep.optimizers import Optimizer
+from gradsweep.experiments.descent import decays_before
+from gradsweep.optimizers import Optimizer, make as make_optimizer
+from gradsweep.spec.validate import complete_sections
 from gradsweep.problems.base import Batch, Point, Problem
 
 __all__ = ["run", "fresh_batch"]
@@ -58,8 +58,7 @@ def fresh_batch(problem: Problem, step: int) -> Batch:
 
 def _optimizer(step_cfg: Mapping[str, Any], lr: float) -> Optimizer:
     """A fresh update rule of ``step.optimizer`` (:mod:`gradsweep.optimizers`: torch's rules on point dicts)."""
-    momentum = catalog.STEP.value(step_cfg, "momentum")
-    return Optimizer(step_cfg["optimizer"], lr, momentum=momentum)
+    return make_optimizer(step_cfg["optimizer"], lr, step_cfg)
 
 
 def _decayed(estimator: Estimator, base: Mapping[str, Any], factor: float, applies_to: list[str]) -> Estimator:
@@ -85,13 +84,11 @@ def run(
     generator_for: GeneratorFor,
 ) -> pd.DataFrame:
     """Train for ``config["step"]["steps"]`` updates; one ``train`` row per logged step."""
+    config = complete_sections(config, "train")
     step_cfg = config["step"]
     steps, log_every = step_cfg["steps"], step_cfg["log_every"]
-    decay = step_cfg.get("decay")
+    decay = step_cfg["decay"]
     applies_to = list(decay["applies_to"]) if decay else []
-    unknown = [k for k in applies_to if k not in DECAYABLE]
-    if unknown:
-        raise ValueError(f"step.decay.applies_to: expected names among {', '.join(DECAYABLE)}, got {unknown}")
     layers = problem.select_layers(config.get("params", "all"))
     point = {n: p.detach().clone() for n, p in problem.point().items()}
     probe_batches = list(problem.batches())

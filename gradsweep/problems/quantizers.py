@@ -1,4 +1,5 @@
-"""Activation forwards by spec name: ``fp``, ``binary``, ``ternary``, ``2bit``.
+"""Activation forwards (quantisers): ``fp``, ``binary``, ``ternary``, ``2bit``, declared as
+``activation`` kinds in :mod:`gradsweep.problems`.
 
 Every quantizer is a staircase ``q(x) = levels[j]`` where ``j`` counts the thresholds ``<= x``:
 a value exactly on a threshold takes the level *above* it. That one rule gives ``sign(0) = +1``
@@ -22,12 +23,11 @@ from comparisons and sums, so they work under ``torch.func.vmap`` (the batched l
 
 from __future__ import annotations
 
-import difflib
 from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["Staircase", "QUANTIZERS", "get_quantizer", "identity", "quantize_"]
+__all__ = ["Staircase", "BINARY", "TERNARY", "TWO_BIT", "get_quantizer", "identity", "quantize_"]
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:
@@ -98,21 +98,15 @@ class Staircase:
         return f"Staircase({self.name!r}, thresholds={self.thresholds}, levels={self.levels})"
 
 
-QUANTIZERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "fp": identity,
-    "binary": Staircase("binary", [0.0], [-1.0, 1.0]),
-    "ternary": Staircase("ternary", [-0.5, 0.5], [-1.0, 0.0, 1.0]),
-    "2bit": Staircase("2bit", [-2.0 / 3.0, 0.0, 2.0 / 3.0], [-1.0, -1.0 / 3.0, 1.0 / 3.0, 1.0]),
-}
+BINARY = Staircase("binary", [0.0], [-1.0, 1.0])
+TERNARY = Staircase("ternary", [-0.5, 0.5], [-1.0, 0.0, 1.0])
+TWO_BIT = Staircase("2bit", [-2.0 / 3.0, 0.0, 2.0 / 3.0], [-1.0, -1.0 / 3.0, 1.0 / 3.0, 1.0])
 
 
 def get_quantizer(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The activation forward called ``name``; an unknown name is a ``ValueError`` naming it."""
-    try:
-        return QUANTIZERS[name]
-    except KeyError:
-        near = difflib.get_close_matches(str(name), QUANTIZERS, n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ValueError(
-            f"activation: unknown quantizer {name!r}{hint} (known: {', '.join(QUANTIZERS)})"
-        ) from None
+    """The activation forward declared as ``name`` (built-in or a plugin's); an unknown name is a
+    ``ValueError`` naming it."""
+    from gradsweep import registry
+
+    registry.kind("activation", name)  # a ValueError naming an unknown one
+    return registry.implementation("activation", name)

@@ -20,7 +20,6 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from gradsweep import catalog
 from gradsweep.problems.base import Batch, Point, Problem, Surrogate
 from gradsweep.seeding import generator
 
@@ -109,11 +108,7 @@ def build(
     device: torch.device,
     cache_dir: Path | str | None = None,
 ) -> Rosenbrock:
-    """The function of a ``problem: {kind: rosenbrock, variant, n, x0}`` config."""
-    fields = catalog.ROSENBROCK.fields
-    variant = cfg.get("variant", fields["variant"].default)
-    n = int(cfg.get("n", fields["n"].default))
-    if variant == "pairs" and n % 2:
-        raise ValueError(f"n: the 'pairs' variant needs an even n, got {n}")
-    x0 = _start(cfg.get("x0", fields["x0"].default), n, seed, dtype)
+    """The function of a canonical ``problem: {kind: rosenbrock, variant, n, x0}`` config."""
+    variant, n = cfg["variant"], int(cfg["n"])
+    x0 = _start(cfg["x0"], n, seed, dtype)
     return Rosenbrock(variant, x0, dtype=dtype, device=device)

@@ -36,11 +36,11 @@ from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
-from gradsweep import catalog
 from gradsweep.cache import cached_file
-from gradsweep.optimizers import Optimizer
+from gradsweep.optimizers import make as make_optimizer
 from gradsweep.problems.base import Batch, Point, Problem, Surrogate, default_chunk_bytes
 from gradsweep.problems.quantizers import get_quantizer
+from gradsweep.problems.surrogates import Clipped
 from gradsweep.problems.toy_batched import ToyBatchedMixin
 from gradsweep.seeding import generator
 
@@ -50,11 +50,6 @@ __all__ = ["ToyMLP", "build"]
 PRETRAIN_FORMAT = 2  # 2: 2-bit levels written exactly (quantizers.Staircase)
 #: at most this many ``record="pretrain"`` rows (step, training loss) go into each cell's table
 PRETRAIN_ROWS = 100
-
-
-def _option(cfg: Mapping[str, Any], key: str, group: catalog.Group = catalog.TOY_MLP) -> Any:
-    """``cfg[key]``, else the catalog default (a loose config from a test or a notebook)."""
-    return group.value(cfg, key, where="problem.")
 
 
 def _draw_weights(seed: int, role: str, dim: int, depth: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -160,16 +155,11 @@ class ToyMLP(ToyBatchedMixin, Problem):
     def pretrain(self, cfg: Mapping[str, Any], *, cache_dir: Path | str) -> None:
         """Replace the student by its vanilla-STE-trained version, computed once per cache key.
 
-        ``cfg`` is the problem's ``pretrain`` group (steps, batch_size, lr, optimizer). The key is
-        the problem config without ``data`` (with every default resolved, so a loose config and
-        its canonical form share a key), the seed, the dtype and the torch version.
+        ``cfg`` is the problem's canonical ``pretrain`` group (steps, batch_size, lr, optimizer).
+        The key is the problem config without ``data``, the seed, the dtype and the torch version.
         """
-        steps = int(_option(cfg, "steps", catalog.TOY_PRETRAIN))
-        batch_size = int(_option(cfg, "batch_size", catalog.TOY_PRETRAIN))
-        lr = float(_option(cfg, "lr", catalog.TOY_PRETRAIN))
-        optimizer = str(_option(cfg, "optimizer", catalog.TOY_PRETRAIN))
-        if optimizer not in catalog.OPTIMIZERS:
-            raise ValueError(f"pretrain.optimizer: expected one of {catalog.OPTIMIZERS}, got {optimizer!r}")
+        steps, batch_size, lr = int(cfg["steps"]), int(cfg["batch_size"]), float(cfg["lr"])
+        optimizer = str(cfg["optimizer"])
 
         key = {
             "format": PRETRAIN_FORMAT,
@@ -201,12 +191,10 @@ class ToyMLP(ToyBatchedMixin, Problem):
 
     def _train(self, steps: int, batch_size: int, lr: float, optimizer: str) -> tuple[Point, list[float]]:
         """Vanilla-STE training from the raw student (whatever ``self.student`` holds now)."""
-        from gradsweep.estimators.ste import Clipped  # the science layer's surrogate, vanilla t = 1
-
-        ste = Clipped(1.0)
+        ste = Clipped(1.0)  # vanilla STE
         params = {n: w.to(self.device) for n, w in _draw_weights(self.seed, "student", self.dim, self.depth, self.dtype).items()}
         names = list(params)
-        opt = Optimizer(optimizer, lr)
+        opt = make_optimizer(optimizer, lr)
         losses: list[float] = []
         for step in range(steps):
             x = self.draw_inputs("pretrain", step, batch_size=batch_size)
@@ -227,21 +215,19 @@ def build(
     device: torch.device,
     cache_dir: Path | str,
 ) -> ToyMLP:
-    """The toy of a ``problem: {kind: toy_mlp, ...}`` config, pretrained when it asks."""
-    data = dict(cfg.get("data") or {})
-    data_group = catalog.TOY_MLP.fields["data"]
+    """The toy of a canonical ``problem: {kind: toy_mlp, ...}`` config, pretrained when it asks."""
     problem = ToyMLP(
-        dim=int(_option(cfg, "dim")),
-        depth=int(_option(cfg, "depth")),
-        activation=str(_option(cfg, "activation")),
-        teacher_activation=_option(cfg, "teacher_activation"),
-        batch_size=int(_option(data, "batch_size", data_group)),
-        batches=int(_option(data, "batches", data_group)),
+        dim=int(cfg["dim"]),
+        depth=int(cfg["depth"]),
+        activation=str(cfg["activation"]),
+        teacher_activation=cfg["teacher_activation"],
+        batch_size=int(cfg["data"]["batch_size"]),
+        batches=int(cfg["data"]["batches"]),
         seed=seed,
         dtype=dtype,
         device=device,
     )
-    pretrain = _option(cfg, "pretrain")
+    pretrain = cfg["pretrain"]
     if pretrain:
         problem.pretrain(pretrain, cache_dir=cache_dir)
     return problem

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from gradsweep.problems.base import Batch, Point, Problem, Surrogate, straight_through
 from gradsweep.problems.quantizers import get_quantizer
+from gradsweep.problems.surrogates import surrogate as make_surrogate
 from gradsweep.problems.xnor_cdg import XnorCdgMixin
 from gradsweep.seeding import generator
 
@@ -302,31 +303,25 @@ class XnorResNet(XnorCdgMixin, Problem):
 
 def pretrain_key(cfg: Mapping[str, Any], *, seed: int, dtype: torch.dtype) -> dict[str, Any]:
     """Everything that determines the pretrained network (not the probe's bn, batches or coords)."""
-    data = cfg.get("data", {})
+    data = cfg["data"]
     return {
         "artefact": "xnor_resnet18_pretrain", "version": 1,
-        "channels": cfg.get("channels", 8), "weights": cfg.get("weights", "binary"), "ste": cfg.get("ste", "clipped"),
-        "data": {k: data.get(k) for k in ("source", "path", "image_size", "train_size")},
+        "channels": cfg["channels"], "weights": cfg["weights"], "ste": cfg["ste"],
+        "data": {k: data[k] for k in ("source", "path", "image_size", "train_size")},
         "pretrain": dict(cfg["pretrain"]), "seed": seed, "dtype": str(dtype),
     }
 
 
-def _surrogate(variant: str) -> Surrogate:
-    from gradsweep.estimators.ste import surrogate  # the STE family lives with the estimators
-
-    return surrogate(variant)
-
-
 def _lr_at(step: int, pcfg: Mapping[str, Any]) -> float:
-    base = float(pcfg.get("lr", 0.01))
-    if pcfg.get("schedule", "cosine") == "cosine":
+    base = float(pcfg["lr"])
+    if pcfg["schedule"] == "cosine":
         return base * 0.5 * (1 + math.cos(math.pi * step / int(pcfg["steps"])))
     return base
 
 
 def _optimizer(params: list[torch.Tensor], pcfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    lr, wd = float(pcfg.get("lr", 0.01)), float(pcfg.get("weight_decay", 0.0))
-    kind = pcfg.get("optimizer", "adam")
+    lr, wd = float(pcfg["lr"]), float(pcfg["weight_decay"])
+    kind = pcfg["optimizer"]
     if kind == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     if kind in ("sgd", "momentum"):
@@ -375,15 +370,15 @@ def pretrain(
     from gradsweep.data import augment
 
     pcfg = cfg["pretrain"]
-    binary = cfg.get("weights", "binary") == "binary"
-    blocks = architecture(int(cfg.get("channels", 8)))
-    steps, bs = int(pcfg["steps"]), int(pcfg.get("batch_size", 128))
-    every = int(pcfg.get("checkpoint_every", 200))
-    surrogate = _surrogate(cfg.get("ste", "clipped"))
+    binary = cfg["weights"] == "binary"
+    blocks = architecture(int(cfg["channels"]))
+    steps, bs = int(pcfg["steps"]), int(pcfg["batch_size"])
+    every = int(pcfg["checkpoint_every"])
+    surrogate = make_surrogate(cfg["ste"])
     n_train = len(data.train_x)
     per_epoch = max(1, math.ceil(n_train / bs))
 
-    weights, state = init_params(blocks, int(cfg.get("channels", 8)), seed, dtype, device)
+    weights, state = init_params(blocks, int(cfg["channels"]), seed, dtype, device)
     trainable = {**weights, **{k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var"))}}
     for t in trainable.values():
         t.requires_grad_(True)
@@ -403,7 +398,7 @@ def pretrain(
         perm = torch.randperm(n_train, generator=generator(seed, "xnor_pretrain_perm", epoch))
         idx = perm[pos * bs:(pos + 1) * bs].to(data.train_x.device)
         x, y = data.train_x[idx], data.train_y[idx]
-        if pcfg.get("augment", False):
+        if pcfg["augment"]:
             x = augment(x, generator(seed, "xnor_pretrain_augment", step))
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, pcfg)
@@ -485,24 +480,23 @@ def build(cfg: Mapping[str, Any], *, seed: int, dtype: torch.dtype, device: torc
     """The problem of a canonical ``problem`` config (kind ``xnor_resnet18``)."""
     from gradsweep.data import load
 
-    channels = int(cfg.get("channels", 8))
-    data_cfg = cfg.get("data", {})
-    data = load(data_cfg, seed=seed, train=bool(cfg.get("pretrain"))).to(device, dtype)
+    channels = int(cfg["channels"])
+    data_cfg = cfg["data"]
+    data = load(data_cfg, seed=seed, train=bool(cfg["pretrain"])).to(device, dtype)
     records: list[dict[str, Any]] = []
-    if cfg.get("pretrain"):
+    if cfg["pretrain"]:
         trained = pretrained(cfg, data, seed=seed, dtype=dtype, device=device, cache_dir=cache_dir)
         weights, state, records = trained["weights"], trained["state"], trained["records"]
     else:
         weights, state = init_params(architecture(channels), channels, seed, dtype, device)
-    coords = cfg.get("coords") or {}
     problem = XnorResNet(
         channels=channels,
-        binary_weights=cfg.get("weights", "binary") == "binary",
+        binary_weights=cfg["weights"] == "binary",
         weights=weights,
         state=state,
-        probe_batches=probe_batches(data, int(data_cfg.get("batch_size", 128)), int(data_cfg.get("batches", 10)), seed),
-        bn=cfg.get("bn", "running"),
-        coords_sample=coords.get("sample"),
+        probe_batches=probe_batches(data, int(data_cfg["batch_size"]), int(data_cfg["batches"]), seed),
+        bn=cfg["bn"],
+        coords_sample=cfg["coords"]["sample"],
         seed=seed,
         records=records,
     )

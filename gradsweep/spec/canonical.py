@@ -18,25 +18,29 @@ from gradsweep.catalog import Group, Param
 from gradsweep.spec.errors import SpecError
 from gradsweep.spec.validate import Alt, Context, expand_group
 
-__all__ = ["CELL", "SWEEP_CELL", "canonical_cell", "canonical_json", "cell_id", "resolve_dtype"]
+__all__ = ["sweep_cell_group", "cell_group", "canonical_cell", "canonical_json", "cell_id", "resolve_dtype"]
 
 SEED = Param("int", 0, "the cell's seed (one of the spec's seeds)")
 
-# The keys of one cell, seed excluded (a sweep gives it from ``seeds``) and included.
-SWEEP_CELL = Group({k: v for k, v in catalog.TOP.fields.items() if k not in catalog.NOT_IN_CELL})
-CELL = Group({**SWEEP_CELL.fields, "seed": SEED})
 
-_FLOAT64_PROBLEMS = ("rosenbrock",)
-_F64: Alt = ("float64", '"float64"')
-_F32: Alt = ("float32", '"float32"')
+def sweep_cell_group() -> Group:
+    """The keys of one cell as a sweep gives them (``seed`` comes from ``seeds``)."""
+    return Group({k: v for k, v in catalog.TOP.fields.items() if k not in catalog.NOT_IN_CELL})
+
+
+def cell_group() -> Group:
+    """The keys of one concrete cell, ``seed`` included."""
+    return Group({**sweep_cell_group().fields, "seed": SEED})
 
 
 def resolve_dtype(merged: dict[str, Alt]) -> None:
-    """``dtype: null`` -> float64 for rosenbrock (a smooth sanity check), else float32."""
-    if merged.get("dtype", _F32)[0] is None:
+    """``dtype: null`` -> the problem's declared precision (float64 for rosenbrock, a smooth
+    sanity check), else float32."""
+    if merged.get("dtype", ("float32", ""))[0] is None:
         problem = merged.get("problem", (None, ""))[0]
         kind = problem.get("kind") if isinstance(problem, Mapping) else None
-        merged["dtype"] = _F64 if kind in _FLOAT64_PROBLEMS else _F32
+        dtype = catalog.problem_dtype(kind) if kind else "float32"
+        merged["dtype"] = (dtype, json.dumps(dtype))
 
 
 resolve_dtype.keys = ("dtype", "problem")  # type: ignore[attr-defined]  # what it reads and writes
@@ -59,7 +63,7 @@ def canonical_cell(mapping: Mapping[str, Any]) -> dict[str, Any]:
     grids (a cell is one point) and the sweep-level keys (``name``, ``seeds``, ...).
     """
     ctx = Context()
-    alts = expand_group(CELL, mapping, "", None, ctx, resolve=resolve_dtype, what="a cell")
+    alts = expand_group(cell_group(), mapping, "", None, ctx, resolve=resolve_dtype, what="a cell")
     if not ctx.issues and len(alts) != 1:
         ctx.add("", f"expected one concrete cell, got a grid of {len(alts)} cells")
     if ctx.issues:

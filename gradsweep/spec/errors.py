@@ -45,7 +45,3 @@ class SpecError(ValueError):
             return f"{head}invalid spec: {self.issues[0]}"
         lines = "\n".join(f"  - {issue}" for issue in self.issues)
         return f"{head}invalid spec: {n} problems\n{lines}"
-
-    def with_source(self, source: str | None) -> "SpecError":
-        """The same issues, naming ``source`` (a file path) in the message."""
-        return SpecError(self.issues, source=source)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from gradsweep import catalog
-from gradsweep.spec.canonical import SWEEP_CELL, resolve_dtype
+from gradsweep.spec.canonical import resolve_dtype, sweep_cell_group
 from gradsweep.spec.errors import Issue, SpecError
 from gradsweep.spec.validate import (
     _MISSING, Context, _dumps, _got, count_node, expand_group, expand_node, list_length,
@@ -87,7 +87,7 @@ def count_cells(raw: Mapping[str, Any]) -> int:
     """An upper bound of the cells of a parsed spec (before dedup), without expanding it."""
     n_seeds = list_length(raw.get("seeds", [0]))
     body = {k: v for k, v in raw.items() if k not in _SWEEP_KEYS}
-    return count_node(SWEEP_CELL, body) * n_seeds
+    return count_node(sweep_cell_group(), body) * n_seeds
 
 
 def _expand(raw: Any, ctx: Context) -> tuple[dict[str, Any], list[Cell]]:
@@ -117,7 +117,7 @@ def _expand_gc_off(raw: Any, ctx: Context) -> tuple[dict[str, Any], list[Cell]]:
     seeds = header.get("seeds")
     # With bad seeds, seed 0 stands in so that the rest of the spec is still checked.
     seed_factor = [{"seed": (s, _dumps(s))} for s in dict.fromkeys(seeds or [0])]
-    alts = expand_group(SWEEP_CELL, raw, "", getattr(raw, "line", None), ctx, skip=set(_SWEEP_KEYS),
+    alts = expand_group(sweep_cell_group(), raw, "", getattr(raw, "line", None), ctx, skip=set(_SWEEP_KEYS),
                         factors=[seed_factor], resolve=resolve_dtype, what="a spec")
     if ctx.issues:
         return header, []

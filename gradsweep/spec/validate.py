@@ -23,7 +23,6 @@ Rules beyond types:
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import json
 import math
@@ -33,11 +32,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from gradsweep import catalog
 from gradsweep.catalog import REQUIRED, Group, Param, Union
+from gradsweep.declare import did_you_mean
 from gradsweep.spec.errors import Issue, SpecError
 from gradsweep.spec.yamlload import line_of
 
 __all__ = [
-    "validate_estimator", "validate_value", "Alt", "Context", "expand_node", "expand_group",
+    "validate_estimator", "validate_kind", "complete_sections", "validate_value", "Alt", "Context", "expand_node", "expand_group",
     "count_node", "list_length", "range_length", "MAX_LIST", "describe",
 ]
 
@@ -101,10 +101,7 @@ def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def _suggest(word: Any, names: Iterable[str]) -> str:
-    near = difflib.get_close_matches(str(word), list(names), n=1, cutoff=0.6)
-    return f"; did you mean {near[0]!r}?" if near else ""
-
+_suggest = did_you_mean
 
 def _bound_text(p: Param) -> str:
     parts = []
@@ -486,7 +483,8 @@ def _expand_entry(u: Union, raw: Any, path: str, line: int | None, ctx: Context)
     kinds = []
     for item in items:
         if not isinstance(item, str) or item not in u.kinds:
-            ctx.add(kind_path, f"unknown kind {_short(item)}{_suggest(item, u.kinds)}; expected one of {names}", kline)
+            ctx.add(kind_path, f"unknown kind {_short(item)}{_suggest(item, u.kinds)}; expected one of {names}{u.hint}",
+                    kline)
         else:
             kinds.append(item)
     if len(kinds) < len(items):
@@ -821,9 +819,35 @@ def validate_estimator(mapping: Mapping[str, Any] | str) -> dict[str, Any]:
     ``{"kind": "cdg"}`` -> ``{"kind": "cdg", "epsilon": 0.1, "mode": "central"}``.
     Raises :class:`SpecError` (naming ``estimator.<key>``) for anything else, grids included.
     """
+    return validate_kind("estimator", mapping)
+
+
+def validate_kind(role: str, mapping: Mapping[str, Any] | str) -> dict[str, Any]:
+    """One concrete config of a kind of ``role`` (``problem``, ``estimator``), validated and
+    completed against its declaration; a :class:`SpecError` naming ``<role>.<key>`` otherwise."""
+    from gradsweep.registry import registry
+
     ctx = Context()
-    alts = _expand_entry(catalog.TOP.fields["estimator"], mapping, "estimator", None, ctx)
+    alts = _expand_entry(registry().union(role), mapping, role, None, ctx)
     if not ctx.issues and len(alts) != 1:
-        ctx.add("estimator", f"expected one concrete estimator, got a grid of {len(alts)}")
+        ctx.add(role, f"expected one concrete {role}, got a grid of {len(alts)}")
     ctx.raise_if_any()
     return json.loads(alts[0][1])
+
+
+def complete_sections(config: Mapping[str, Any], experiment: str) -> dict[str, Any]:
+    """``config`` with the top-level sections ``experiment`` reads (``measure``, ``step``)
+    validated and completed: an experiment called with a loose config (a test, a notebook) reads
+    the same canonical values a cell would get."""
+    from gradsweep.registry import registry
+
+    out = dict(config)
+    for key, group in registry().kind("experiment", experiment).options.get("sections", {}).items():
+        ctx = Context()
+        raw = config.get(key, _MISSING)
+        alts = expand_node(registry().resolve(group), _MISSING if raw is None else raw, key, None, ctx)
+        if not ctx.issues and len(alts) != 1:
+            ctx.add(key, f"expected one concrete {key}, got a grid of {len(alts)}")
+        ctx.raise_if_any()
+        out[key] = json.loads(alts[0][1])
+    return out
