@@ -25,7 +25,7 @@ from gradsweep.declare import LAYER_PATTERN, REQUIRED, TYPES, Group, Param, Unio
 
 __all__ = [
     "REQUIRED", "TYPES", "LAYER_PATTERN", "Param", "Group", "Union", "NOT_IN_CELL",
-    "PROBLEMS", "ESTIMATORS", "EXPERIMENTS", "TOP", "reset", "problem_dtype",
+    "PROBLEMS", "ESTIMATORS", "EXPERIMENTS", "TOP", "derive", "reset", "problem_dtype",
 ]
 
 # Keys of TOP that describe the sweep or its scheduling, not a cell's result: they are not part
@@ -36,10 +36,8 @@ _DERIVED = ("TOP", "PROBLEMS", "ESTIMATORS", "EXPERIMENTS")
 _cache: dict[str, Any] = {}
 
 
-def _build() -> dict[str, Any]:
-    from gradsweep.registry import registry
-
-    reg = registry()
+def derive(reg: Any) -> dict[str, Any]:
+    """``TOP``, ``PROBLEMS``, ``ESTIMATORS`` and ``EXPERIMENTS`` of a registry's kinds."""
     problems = reg.union("problem", doc="what L is")
     estimators = reg.union("estimator", doc="how the gradient is estimated", many=True)
     experiments = tuple(reg.by_role["experiment"])
@@ -85,7 +83,9 @@ def _build() -> dict[str, Any]:
 def __getattr__(name: str) -> Any:
     if name in _DERIVED:
         if not _cache:
-            _cache.update(_build())
+            from gradsweep.registry import registry
+
+            _cache.update(derive(registry()))
         return _cache[name]
     raise AttributeError(f"module 'gradsweep.catalog' has no attribute {name!r}")
 

@@ -186,6 +186,8 @@ COMMANDS: dict[str, Command] = {
     "status": Command("show done / failed / pending of a results folder (or a submitted job) and the errors", _status_arguments, cmd_status),
     "resume": Command("run the failed and missing cells of the spec stored in a results folder", _resume_arguments, cmd_resume),
     "report": Command("make figures and tables from a results folder", module="analysis.cli"),
+    "kinds": Command("list every kind (built-in and from installed plugins) with its parameters and package",
+                     module="gradsweep.spec.reference"),
     "submit": Command("submit a sweep to a Ray cluster as a Ray job; prints the job id and returns",
                       lambda p: _jobs().add_submit_arguments(p), lambda a: _jobs().cmd_submit(a)),
     "logs": Command("print the output of a submitted job (--follow: until it ends)",

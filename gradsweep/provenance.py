@@ -15,11 +15,11 @@ import subprocess
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import gradsweep
 
-__all__ = ["static_provenance", "cell_provenance", "git_commit"]
+__all__ = ["static_provenance", "cell_provenance", "plugin_provenance", "git_commit"]
 
 
 def _dist_version(name: str) -> str | None:
@@ -66,10 +66,43 @@ def static_provenance() -> dict[str, Any]:
     }
 
 
-def cell_provenance(*, run_device: str | None, cell_seconds: float) -> dict[str, Any]:
-    """Static provenance plus what is particular to one finished cell."""
+def plugin_provenance(config: Mapping[str, Any] | None) -> str | None:
+    """``"package==version"`` of every installed plugin whose kinds the cell's config names
+    (comma-separated, sorted), or None when it uses gradsweep's own kinds only."""
+    if not config:
+        return None
+    from gradsweep.registry import registry
+
+    by_name: dict[str, set[str]] = {}
+    for table in registry().by_role.values():
+        for name, kind in table.items():
+            if kind.package != "gradsweep":
+                by_name.setdefault(name, set()).add(f"{kind.package}=={kind.version}")
+    if not by_name:
+        return None
+    used: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, Mapping):
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+        elif isinstance(node, str) and node in by_name:
+            used.update(by_name[node])
+
+    visit(config)
+    return ",".join(sorted(used)) or None
+
+
+def cell_provenance(*, run_device: str | None, cell_seconds: float,
+                    config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Static provenance plus what is particular to one finished cell (its device, its time, the
+    plugins whose kinds it used)."""
     return {
         **static_provenance(),
+        "plugins": plugin_provenance(config),
         "run_device": run_device,
         "cell_seconds": float(cell_seconds),
         "finished_at": datetime.now(timezone.utc),

@@ -25,7 +25,7 @@ from gradsweep.declare import (
 
 __all__ = [
     "ENTRY_POINT_GROUP", "BUILTIN", "Plugin", "Registry", "registry", "kinds", "kind",
-    "implementation", "resolve", "label", "reload",
+    "implementation", "resolve", "label", "reload", "builtin",
 ]
 
 ENTRY_POINT_GROUP = "gradsweep.plugins"
@@ -47,7 +47,7 @@ class Plugin:
 
     @property
     def where(self) -> str:
-        return f"plugin {self.name!r} ({self.module}, package {self.package} {self.version})".replace(" )", ")")
+        return f"plugin {self.name!r} (module {self.module}, package {self.package} {self.version})"
 
 
 class Registry:
@@ -239,6 +239,13 @@ def reload() -> Registry:
 
     catalog.reset()
     return registry()
+
+
+def builtin() -> Registry:
+    """A registry of gradsweep's own kinds only (the generated docs describe these)."""
+    reg = Registry()
+    reg.load_builtin()
+    return reg
 
 
 def kinds(role: str) -> Mapping[str, Kind]:

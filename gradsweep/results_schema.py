@@ -73,6 +73,7 @@ PROVENANCE_FIELDS = [
     pa.field("torch_version", pa.string()),
     pa.field("ray_version", pa.string()),
     pa.field("python_version", pa.string()),
+    pa.field("plugins", pa.string()),  # package==version of the plugins whose kinds the cell used
     pa.field("finished_at", pa.timestamp("us", tz="UTC")),
 ]
 

@@ -24,98 +24,69 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Any, Mapping, Sequence
 
+from gradsweep.spec.errors import Issue, SpecError
 from gradsweep.store import StoreError, SweepStore
 
-__all__ = ["Plan", "RunResult", "Status", "plan", "run", "resume", "status", "load_stored_sweep", "cell_cost"]
+__all__ = [
+    "Plan", "RunResult", "Status", "plan", "run", "resume", "status", "load_stored_sweep", "cell_cost",
+    "cell_estimate", "CellEstimate",
+]
 
-# A rough CPU throughput to turn the size estimate into seconds before any cell was measured.
+# The cost model's units, measured on a 2-core CPU (see docs/design.md, "What plan estimates"):
+# floating-point operations of the cells' loss evaluations per second of one core, and the fixed
+# wall time of a cell beyond its arithmetic (building the problem, the table, the Parquet file).
 _FLOPS_PER_SECOND = 2e9
+_CELL_OVERHEAD_SECONDS = 0.05
+#: the one-off cost of a run before its first cell: starting Ray and importing torch in workers
+STARTUP_SECONDS = 12.0
 
 
 # ---------------------------------------------------------------------------------------------
-# Cost model
+# Cost model: every fact comes from the kinds' declarations (gradsweep.declare)
 
 
-def _layer_sizes(problem: Mapping[str, Any]) -> dict[str, list[int]]:
-    """Weights per layer, by the selector kind that counts them (``linear`` / ``conv``), from the input."""
-    if problem.get("kind") == "toy_mlp":
-        d, depth = int(problem.get("dim", 8)), int(problem.get("depth", 3))
-        return {"linear": [d * d] * (depth - 1) + [d]}
-    if problem.get("kind") == "xnor_resnet18":
-        c = int(problem.get("channels", 8))
-        sizes = []
-        for j in range(16):  # the 16 binary 3x3 convs of blocks [2, 2, 2, 2], stage widths c..8c
-            width = c * 2 ** (j // 4)
-            fan_in = width // 2 if j in (4, 8, 12) else width
-            sizes.append(width * fan_in * 9)
-        return {"conv": sizes}
-    return {}
+@dataclass(frozen=True)
+class CellEstimate:
+    """What ``plan`` knows of a cell before running it: its size in floating-point operations
+    (loss evaluations x the cost of one) and its peak memory in bytes (roughly)."""
+
+    flops: float
+    memory_bytes: float
 
 
-def _estimated_params(config: Mapping[str, Any], total: float) -> float:
-    """How many coordinates a per-coordinate estimator (CDG) moves: the selected layers only,
-    each capped by ``problem.coords.sample``. Selectors by module name count as ``total``/layers."""
-    problem = config.get("problem", {})
-    selection = config.get("params", "all")
-    sizes = _layer_sizes(problem)
-    if selection == "all" or not sizes:
-        chosen = [total]
+def cell_estimate(config: Mapping[str, Any]) -> CellEstimate:
+    """Size and memory of one canonical cell, from its kinds' declared cost models.
+
+    Raises ``ValueError`` naming a ``params:`` selector that selects no layer of the problem
+    (``linear:9`` of a 3-layer toy): refused before anything runs.
+    """
+    from gradsweep.declare import selected_sizes
+    from gradsweep.registry import registry
+
+    reg = registry()
+    problem_cfg, estimator_cfg = config["problem"], config["estimator"]
+    pkind = reg.kind("problem", problem_cfg["kind"])
+    if pkind.cost is None:  # a plugin problem that declares no cost: count one unit per evaluation
+        from gradsweep.declare import ProblemCost
+
+        pcost = ProblemCost(eval_flops=1.0, params=1)
     else:
-        kind, layers = next(iter(sizes.items()))
-        chosen = []
-        for sel in [selection] if isinstance(selection, str) else selection:
-            name, _, k = str(sel).partition(":")
-            if name == kind and k.lstrip("-").isdigit() and 0 < abs(int(k)) <= len(layers):
-                chosen.append(layers[int(k) - 1 if int(k) > 0 else int(k)])
-            else:
-                chosen.append(total / max(len(layers), 1))
-    sample = (problem.get("coords") or {}).get("sample")
-    return float(sum(min(n, sample) if sample else n for n in chosen))
+        pcost = pkind.cost(problem_cfg)
+    coords = float(sum(selected_sizes(pcost, config.get("params", "all"))))
+    ekind = reg.kind("estimator", estimator_cfg["kind"])
+    evaluations = float(ekind.cost(estimator_cfg, coords)) if ekind.cost else 3.0
+    xkind = reg.kind("experiment", config.get("experiment", "probe"))
+    flops = xkind.cost(config, pcost, evaluations) if xkind.cost else evaluations * pcost.eval_flops
+    return CellEstimate(flops=max(flops + pcost.pretrain_flops, 1.0), memory_bytes=pcost.memory_bytes)
 
 
 def cell_cost(config: Mapping[str, Any]) -> float:
-    """A rough size of one cell in floating-point operations, from its config.
+    """A rough size of one cell in floating-point operations (see :func:`cell_estimate`).
 
-    Only ratios matter: :func:`plan` calibrates it against the measured ``cell_seconds`` of done
-    cells when there are any. Model: (loss evaluations) x (forward cost per example) x (examples).
+    :func:`plan` turns it into seconds with :data:`_FLOPS_PER_SECOND`, or calibrates it against
+    the measured ``cell_seconds`` of done cells when there are any.
     """
-    problem = config.get("problem", {})
-    kind = problem.get("kind")
-    data = problem.get("data") or {}
-    if kind == "toy_mlp":
-        d, depth = int(problem.get("dim", 8)), int(problem.get("depth", 3))
-        params = d * d * (depth - 1) + d
-        per_example, examples = 2.0 * params, int(data.get("batch_size", 1)) * int(data.get("batches", 1))
-    elif kind == "xnor_resnet18":
-        scale = (int(problem.get("channels", 8)) / 64.0) ** 2 * (int(data.get("image_size", 32)) / 32.0) ** 2
-        params = 11e6 * (int(problem.get("channels", 8)) / 64.0) ** 2
-        per_example, examples = 1.1e9 * scale, int(data.get("batch_size", 1)) * int(data.get("batches", 1))
-    else:  # rosenbrock and anything else: a vector function
-        params = int(problem.get("n", 100))
-        per_example, examples = 4.0 * params, 1
-    est = config.get("estimator", {})
-    ekind = est.get("kind")
-    if ekind == "cdg":
-        evals = (1.0 if est.get("mode") == "forward" else 2.0) * _estimated_params(config, params)
-    elif ekind in ("nes", "nes_max_point"):
-        evals = float(est.get("samples", 500)) * (2.0 if est.get("antithetic") else 1.0)
-    elif ekind == "perturbed_ste":
-        evals = 3.0 + float(est.get("candidates", 8))
-    else:  # autograd and the STE family: a forward and a backward
-        evals = 3.0 * float(est.get("samples", 1))
-    experiment = config.get("experiment", "probe")
-    if experiment == "probe":
-        evals += len((config.get("measure") or {}).get("lrs") or [1])
-    else:
-        step = config.get("step") or {}
-        evals *= int(step.get("steps", 1))
-        if kind != "rosenbrock":
-            examples = max(examples // max(int(data.get("batches", 1)), 1), 1)
-    cost = evals * per_example * examples
-    pretrain = problem.get("pretrain")
-    if pretrain:
-        cost += 3.0 * per_example * int(pretrain.get("steps", 0)) * int(pretrain.get("batch_size", 1))
-    return max(cost, 1.0)
+    return cell_estimate(config).flops
 
 
 def _kinds(config: Mapping[str, Any]) -> tuple[str, str]:
@@ -142,6 +113,7 @@ class Plan:
     by_kind: dict[tuple[str, str], Counter]
     estimate_seconds: float
     estimate_source: str
+    peak_memory_bytes: float = 0.0
 
     @property
     def pending(self) -> int:
@@ -168,7 +140,19 @@ class Plan:
             f"  estimated cost of the pending cells: {_duration(self.estimate_seconds)} of CPU time "
             f"({self.estimate_source})"
         )
+        if self.pending or self.failed:
+            lines.append(f"  plus about {_duration(STARTUP_SECONDS)} once to start Ray and import torch in the workers")
+        if self.peak_memory_bytes:
+            lines.append(f"  estimated peak memory of one cell: {_memory(self.peak_memory_bytes)} "
+                         "(data and activations; a worker process adds ~0.5 GB)")
         return "\n".join(lines)
+
+
+def _memory(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n / 1e3:.0f} kB"
 
 
 def _duration(seconds: float) -> str:
@@ -176,7 +160,7 @@ def _duration(seconds: float) -> str:
         return "?"
     seconds = int(round(seconds))
     if seconds < 60:
-        return f"{seconds}s"
+        return f"{seconds}s" if seconds else "<1s"
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
@@ -223,6 +207,7 @@ def plan(sweep: Any, results: str | os.PathLike[str], *, full: bool = False) -> 
     todo: list[str] = []
     by_kind: dict[tuple[str, str], Counter] = {}
     total_cost = 0.0
+    peak_memory = 0.0
     # Cells of one grid share their nested mappings (only the seed differs), so kinds and cost are
     # computed once per distinct (problem, estimator, measure, step) object: plan stays fast at 200k.
     memo: dict[tuple, tuple[tuple[str, str], float]] = {}
@@ -236,7 +221,13 @@ def plan(sweep: Any, results: str | os.PathLike[str], *, full: bool = False) -> 
         key = (id(cfg.get("problem")), id(cfg.get("estimator")), id(cfg.get("measure")), id(cfg.get("step")), cfg.get("experiment"))
         entry = memo.get(key)
         if entry is None:
-            entry = memo[key] = (_kinds(cfg), cell_cost(cfg))
+            try:
+                estimate = cell_estimate(cfg)
+            except ValueError as exc:
+                raise SpecError([Issue("params", f"{exc} (problem {cfg['problem']['kind']})".removeprefix("params: "))],
+                                source=str(sweep.path or sweep.name)) from None
+            entry = memo[key] = (_kinds(cfg), estimate.flops)
+            peak_memory = max(peak_memory, estimate.memory_bytes)
         counts = by_kind.get(entry[0])
         if counts is None:
             counts = by_kind[entry[0]] = Counter()
@@ -248,10 +239,14 @@ def plan(sweep: Any, results: str | os.PathLike[str], *, full: bool = False) -> 
             counts["failed" if cid in failed else "pending"] += 1
             total_cost += entry[1]
     per_unit = _calibration(store, sorted(done)) if done else None
+    pending_cells = len(todo)
     if per_unit is None:
-        estimate, source = total_cost / _FLOPS_PER_SECOND, "rough, from the cells' sizes"
+        estimate = total_cost / _FLOPS_PER_SECOND + pending_cells * _CELL_OVERHEAD_SECONDS
+        source = (f"rough: the cells' loss evaluations at {_FLOPS_PER_SECOND / 1e9:g} GFLOP/s per CPU plus "
+                  f"{_CELL_OVERHEAD_SECONDS * 1000:g} ms per cell, measured on a 2-core CPU")
     else:
-        estimate, source = total_cost * per_unit, "from the cells' sizes, calibrated on measured cell_seconds"
+        estimate = total_cost * per_unit
+        source = "the cells' sizes, calibrated on this folder's measured cell_seconds"
     stored_text = store.read_spec()
     if stored_text is None:
         added = None
@@ -264,6 +259,7 @@ def plan(sweep: Any, results: str | os.PathLike[str], *, full: bool = False) -> 
         sweep=sweep.name, folder=store.location, total=len(in_spec), done=done, failed=failed,
         todo=todo, invalid={k: v for k, v in scan.invalid.items()}, dropped=(scan.done - in_spec),
         added=added, by_kind=by_kind, estimate_seconds=estimate, estimate_source=source,
+        peak_memory_bytes=peak_memory,
     )
 
 

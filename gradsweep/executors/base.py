@@ -158,7 +158,7 @@ def execute_cell(
         hooks.apply(cell_id)
         rows = fn(dict(config), device=device)
         seconds = time.perf_counter() - start
-        table = cell_table(sweep, cell_id, config, rows, cell_provenance(run_device=device, cell_seconds=seconds))
+        table = cell_table(sweep, cell_id, config, rows, cell_provenance(run_device=device, cell_seconds=seconds, config=config))
         return Outcome(cell_id, "success", data=encode_cell(table), seconds=seconds, host=host, device=device)
     except Exception as exc:  # the cell's failure is data for the driver
         return Outcome(

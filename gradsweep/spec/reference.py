@@ -1,7 +1,8 @@
-"""The spec reference page, written from the catalog so it cannot drift from the code.
+"""The spec reference, written from the kinds' declarations so it cannot drift from the code.
 
-``python -m gradsweep.spec.reference > docs/specs.md`` regenerates ``docs/specs.md``; a test
-checks that the committed page equals what this prints.
+``python -m gradsweep.spec.reference > docs/specs.md`` regenerates ``docs/specs.md`` (gradsweep's
+own kinds); a test checks that the committed page equals what this prints. ``gradsweep kinds``
+lists every kind installed here, plugins included, with the package that provides it.
 """
 
 from __future__ import annotations
@@ -9,15 +10,20 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator
 
+import argparse
+
 from gradsweep import catalog
 from gradsweep.catalog import REQUIRED, Group, Param, Union
+from gradsweep.declare import ROLES
 
-__all__ = ["render"]
+__all__ = ["render", "add_arguments", "run"]
 
 _INTRO = """\
 # Spec reference
 
-Generated from `gradsweep/catalog.py` by `python -m gradsweep.spec.reference`; do not edit by hand.
+Generated from the kinds' declarations (`gradsweep/problems/__init__.py`, `gradsweep/estimators/__init__.py`,
+`gradsweep/experiments/__init__.py`) by `python -m gradsweep.spec.reference`; do not edit by hand.
+`gradsweep kinds` lists the same for every kind installed, plugins included.
 The format is fixed by `SPEC.md` (in the project's shared folder); this page lists every key.
 
 - Any scalar may be replaced by `{grid: [...]}`; a cell is one point of the product of all grids.
@@ -87,16 +93,71 @@ def _table(node: Group, prefix: str = "") -> list[str]:
     return ["| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |", *rows, ""]
 
 
-def render() -> str:
+_HEADINGS = {
+    "problem": ("Problems", "problem: {kind: ...}", "problem"),
+    "estimator": ("Estimators", "estimator: {kind: ...}, also measure.reference and step.switch", "estimator"),
+    "experiment": ("Experiments", "experiment: ...", ""),
+    "activation": ("Activations", "a toy's activation, teacher_activation", ""),
+    "surrogate": ("Surrogate derivatives", "an STE variant; xnor_resnet18's ste", "estimator"),
+    "optimizer": ("Optimizers", "step.optimizer, pretrain.optimizer", "step"),
+    "model": ("Models", "problem: {kind: torch_module, model: {kind: ...}}", "problem.model"),
+    "dataset": ("Datasets", "problem: {kind: torch_module, data: {kind: ...}}", "problem.data"),
+}
+
+
+def render(reg: Any = None, *, packages: bool = False) -> str:
+    """The reference page of a registry's kinds (default: gradsweep's own)."""
+    from gradsweep import registry
+
+    reg = reg or registry.builtin()
+    top = catalog.derive(reg)["TOP"]
     lines = [_INTRO, "## Top level", ""]
-    lines += _table(catalog.TOP)
-    lines += ["## Problems (`problem: {kind: ...}`)", ""]
-    for kind, group in catalog.PROBLEMS.items():
-        lines += [f"### `{kind}`", "", group.doc, ""] + _table(group, "problem")
-    lines += ["## Estimators (`estimator: {kind: ...}`, also `measure.reference` and `step.switch`)", ""]
-    for kind, group in catalog.ESTIMATORS.items():
-        lines += [f"### `{kind}`", "", group.doc, ""] + _table(group, "estimator")
+    lines += _table(top)
+    for role in ROLES:
+        table = reg.by_role[role]
+        if not table:
+            continue
+        title, where, prefix = _HEADINGS[role]
+        lines += [f"## {title} (`{where}`)", ""]
+        for name, kind in table.items():
+            source = f" (package {kind.package} {kind.version}, {kind.source})" if packages else ""
+            lines += [f"### `{name}`{source}", "", kind.doc or "", ""]
+            group = reg.group(role, name)
+            if group.fields or role in ("problem", "estimator"):
+                lines += _table(group, prefix)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("role", nargs="?", choices=ROLES, help="list only the kinds of this role")
+    p.add_argument("--markdown", action="store_true", help="the full reference page (as docs/specs.md) of every installed kind")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``gradsweep kinds``: every installed kind, its parameters and defaults, and its package."""
+    from gradsweep import registry
+
+    reg = registry.registry()
+    if args.markdown:
+        print(render(reg, packages=True), end="")
+        return 0
+    for role in [args.role] if args.role else ROLES:
+        table = reg.by_role[role]
+        if not table:
+            continue
+        print(f"{_HEADINGS[role][0].lower()}:")
+        for name, kind in table.items():
+            params = ", ".join(
+                f"{key}={json.dumps(node.default) if isinstance(node, Param) and node.default is not REQUIRED else '...'}"
+                for key, node in reg.group(role, name).fields.items()
+            )
+            origin = "built-in" if kind.package == "gradsweep" else f"{kind.package} {kind.version}"
+            print(f"  {name:<16} [{origin}] {kind.doc}")
+            if params:
+                print(f"  {'':<16} {params}")
+    for plugin in reg.broken:
+        print(f"warning: {plugin.where} failed to load: {plugin.error}")
+    return 0
 
 
 if __name__ == "__main__":
