@@ -19,14 +19,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from gradsweep import __version__
+from gradsweep.errors import BadInput
 
 __all__ = ["main", "build_parser", "COMMANDS", "Command", "BadInput"]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class BadInput(Exception):
-    """Input the command cannot use; printed as one line, exit code 2."""
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, TextIO
 from urllib.parse import urlsplit
 
-from gradsweep.cli import BadInput
+from gradsweep.errors import BadInput
 
 __all__ = [
     "SubmitError", "Submission", "JobReport", "resolve_address", "check_results_writable", "build_runtime_env",
@@ -495,12 +495,13 @@ def job_main(argv: list[str] | None = None) -> int:
         print("gradsweep: no cell was run", file=sys.stderr)
         return 2
     print(f"gradsweep: sweep {sweep.name}: {len(sweep.cells)} cells, results in {args.results}/{sweep.name}", flush=True)
-    from gradsweep.cli import main as cli_main
-
     run = ["run", args.spec, "--results", args.results, *rest]
     if "--address" not in rest:
         run += ["--address", "auto"]  # the cluster this job runs in (Ray sets RAY_ADDRESS)
-    return int(cli_main(run) or 0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The job becomes `gradsweep run` (same process id, so cancelling the job stops it).
+    os.execv(sys.executable, [sys.executable, "-m", "gradsweep", *run])
 
 
 # ------------------------------------------------------------------------------- CLI pieces
