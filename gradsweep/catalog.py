@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 __all__ = [
-    "REQUIRED", "Param", "Group", "Union",
+    "REQUIRED", "ORIGINAL", "Param", "without_introduced", "Group", "Union",
     "PROBLEMS", "ESTIMATORS", "EXPERIMENTS", "TOP", "STE_VARIANTS", "LAYER_PATTERN",
 ]
 
@@ -29,6 +29,15 @@ class _Required:
 
 
 REQUIRED: Any = _Required()
+
+
+class _Original:
+    def __repr__(self) -> str:
+        return "ORIGINAL"
+
+
+#: ``Param.introduced`` of a parameter that existed from the start
+ORIGINAL: Any = _Original()
 
 # Types a Param may have. "number_list": a list of numbers or a range mapping ({linspace: ...},
 # {logspace: ...}, {arange: ...}); "layers": "all" or a list of layer selectors (module names,
@@ -46,6 +55,12 @@ class Param:
     ``low``/``high`` bound numbers (``low_open`` makes the lower bound strict, e.g. epsilon > 0).
     ``when`` maps a sibling key to the values for which this parameter applies.
     ``nullable`` lets the spec write ``null`` (meaning "none").
+    ``introduced``: for a parameter added after results existed, the value that reproduces the
+    behaviour from before it existed. A cell whose value equals it hashes as if the key were
+    absent, so cells computed before the parameter keep their ids (the canonical config and the
+    result rows still carry the value; readers fill an old file's null column with it).
+    ``inert``: why this parameter cannot change a cell's result (non-empty: ``plan`` warns when a
+    sweep varies it, instead of silently computing identical cells).
     """
 
     type: str
@@ -59,6 +74,8 @@ class Param:
     nullable: bool = False
     even: bool = False
     pattern: str | None = None
+    introduced: Any = ORIGINAL
+    inert: str = ""
 
     def __post_init__(self) -> None:
         if self.type not in TYPES:
@@ -108,6 +125,30 @@ class Union:
     when: Mapping[str, tuple] | None = None
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Equal as canonical JSON values (``True`` is not ``1``, ``1`` is ``1.0`` only for floats)."""
+    return type(a) is type(b) and a == b
+
+
+def without_introduced(node: "Param | Group | Union", value: Any) -> Any:
+    """``value`` (a canonical config of ``node``) without the keys that sit at their
+    ``introduced`` value: what a cell's id and a cache key hash, so that adding a parameter
+    leaves the ids and keys of everything computed before it unchanged."""
+    if isinstance(node, Union):
+        if isinstance(value, Mapping) and value.get("kind") in node.kinds:
+            return without_introduced(node.kinds[value["kind"]], value)
+        return value
+    if not isinstance(node, Group) or not isinstance(value, Mapping):
+        return value
+    out = {}
+    for key, item in value.items():
+        child = node.fields.get(key)
+        if isinstance(child, Param) and child.introduced is not ORIGINAL and _same(item, child.introduced):
+            continue
+        out[key] = without_introduced(child, item) if child is not None else item
+    return out
+
+
 def _positive_int(doc: str, default: Any = REQUIRED, **kw: Any) -> Param:
     return Param("int", default, doc, low=1, **kw)
 
@@ -123,9 +164,27 @@ OPTIMIZERS = ("sgd", "momentum", "adam")
 ACTIVATIONS = ("fp", "binary", "ternary", "2bit")
 STE_VARIANTS = ("identity", "clipped", "steep2", "polynomial", "swish_sign")
 
+_PLATEAU = {"until": ("plateau",)}
+#: the stop rule of a pretraining, shared by every problem that pretrains ("until the loss stops
+#: falling"); ``until: steps`` (fixed length) is how pretraining worked before the rule existed
+_STOP_RULE: dict[str, Param] = {
+    "until": Param(
+        "str", "steps", "steps: train exactly `steps` steps; plateau: until the held-out loss stops falling",
+        choices=("steps", "plateau"), introduced="steps",
+    ),
+    "patience": _positive_int("plateau: held-out evaluations without improvement before stopping", 5, when=_PLATEAU),
+    "min_delta": Param(
+        "float", 0.01, "plateau: an evaluation improves when its loss is below best * (1 - min_delta) "
+        "(relative, so one value fits every loss scale)", low=0.0, when=_PLATEAU,
+    ),
+    "max_steps": _positive_int("plateau: stop here even if the loss still falls", 20000, when=_PLATEAU),
+}
+
 TOY_PRETRAIN = Group(
     {
-        "steps": _positive_int("update steps of vanilla (clipped) STE training"),
+        **_STOP_RULE,
+        "steps": _positive_int("update steps of vanilla (clipped) STE training", when={"until": ("steps",)}),
+        "eval_every": _positive_int("plateau: steps between evaluations on the held-out batch", 100, when=_PLATEAU),
         "batch_size": _positive_int("fresh N(0, 1) inputs per step", 16000),
         "lr": _positive_float("learning rate", 0.01),
         "optimizer": Param("str", "adam", "optimizer", choices=OPTIMIZERS),
@@ -151,6 +210,11 @@ TOY_MLP = Group(
             }
         ),
         "pretrain": TOY_PRETRAIN,
+        "init": Param(
+            "str", "normal", "weights of teacher and student: normal = N(0, 1/fan_in); torch_default = "
+            "nn.Linear's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the notes' (sqrt(3) smaller)",
+            choices=("normal", "torch_default"), introduced="normal",
+        ),
     },
     doc="BinaryDuo teacher/student MLP on N(0, 1) inputs, MSE loss",
 )
@@ -181,7 +245,8 @@ ROSENBROCK = Group(
 
 XNOR_PRETRAIN = Group(
     {
-        "steps": _positive_int("optimizer steps"),
+        **_STOP_RULE,
+        "steps": _positive_int("optimizer steps", when={"until": ("steps",)}),
         "batch_size": _positive_int("images per step", 128),
         "lr": _positive_float("initial learning rate", 0.01),
         "optimizer": Param("str", "adam", "optimizer", choices=OPTIMIZERS),
@@ -261,7 +326,11 @@ ESTIMATORS: dict[str, Group] = {
     "nes": Group(dict(_NES_FIELDS), doc="natural evolution strategies / Gaussian smoothing"),
     "sr_ste": Group(
         {
-            "tau": _positive_float("RelaxedBernoulli temperature", 0.1),
+            "tau": _positive_float(
+                "RelaxedBernoulli temperature", 0.1,
+                inert="sign(RelaxedBernoulli(p, tau) - 1/2) is Bernoulli(p) whatever tau is, and the backward "
+                "is straight-through: cells that differ only in tau compute the same numbers",
+            ),
             "samples": _positive_int("sampled STE gradients averaged (N)", 1),
             "seed": Param("int", 0, "the estimator's own seed", low=0),
         },
@@ -305,7 +374,8 @@ MEASURE = Group(
         "evaluate": Param(
             "str", "plain",
             "forward that judges the loss before/after the update: plain sign (for sr_ste: 'fixed sr-STE', "
-            "the notes' default), or the estimator's own (sr_ste's stochastic rounding; an error for the others)",
+            "the notes' default), or the estimator's own (sr_ste's stochastic rounding; plain sign for ste, whose "
+            "forward is sign; an error for the others)",
             choices=("plain", "estimator"),
         ),
     },

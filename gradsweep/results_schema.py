@@ -9,8 +9,8 @@ Rows come in *records*, named by the ``record`` column:
 
 - ``probe``: ``batch, lr, loss_before, loss_after, loss_decrease, estimator_seconds`` (one row
   per batch and learning rate; ``grad_norm`` is the norm of the raw estimate);
-- ``cosine``: ``batch, layer, reference, cosine`` (``layer == "all"`` for all estimated
-  parameters together);
+- ``cosine``: ``batch, layer, reference, cosine, norm_ratio`` (``layer == "all"`` for all
+  estimated parameters together; ``norm_ratio`` = the estimate's norm over the reference's);
 - ``descent``: ``step, loss, lr, epsilon`` (the lr and epsilon in force at that step);
 - ``train``: ``step, loss, accuracy, lr`` and ``estimator`` (the estimator in force, which
   changes after a ``switch``);
@@ -53,6 +53,7 @@ METRIC_FIELDS = [
     pa.field("layer", pa.string()),
     pa.field("reference", pa.string()),
     pa.field("cosine", pa.float64()),
+    pa.field("norm_ratio", pa.float64()),
     pa.field("step", pa.int64()),
     pa.field("epoch", pa.int64()),
     pa.field("loss", pa.float64()),

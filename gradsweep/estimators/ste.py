@@ -176,6 +176,9 @@ class Ste(Estimator):
     (``threshold`` for clipped, ``beta`` for swish_sign).
     """
 
+    #: the forward is the plain sign: ``measure.evaluate: estimator`` judges it plainly
+    forward_is_plain = True
+
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         extra = {k: v for k, v in self.params.items() if k not in ("kind", "variant")}
