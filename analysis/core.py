@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from gradsweep import catalog
 from gradsweep.catalog import Group, Union
-from gradsweep.results_schema import METRIC_FIELDS, param_fields, results_schema
+from gradsweep.results_schema import METRIC_FIELDS, introduced_columns, param_fields, results_schema
 
 __all__ = [
     "Figure", "ResultsData", "ResultsError", "load_results", "format_value", "short_name",
@@ -247,6 +247,15 @@ def _palette_labels(cells: pd.DataFrame) -> None:
     cells["pretrain_label"] = pre
 
 
+def _absent(table: pa.Table, name: str, dtype: pa.DataType) -> pa.Array:
+    """The column of a file written before the parameter ``name`` existed: its ``introduced``
+    value where the parameter's group is set (what those cells computed with), null elsewhere."""
+    fill = introduced_columns().get(name)
+    if fill is None or fill[1] not in table.column_names:
+        return pa.nulls(table.num_rows, dtype)
+    return pc.if_else(pc.is_valid(table[fill[1]]), pa.scalar(fill[0], dtype), pa.scalar(None, dtype))
+
+
 def _read_cell_files(
     files: list[str], base: list[str], kind_columns: list[str], params_for: Callable[[dict[str, str]], list[str]]
 ) -> tuple[pa.Table | None, list[str]]:
@@ -271,7 +280,7 @@ def _read_cell_files(
         wanted = [*base, *kind_columns, *params_for(kinds)]
         table = reader.read(columns=[c for c in dict.fromkeys(wanted) if c in present], use_threads=False)
         arrays = [
-            table[name].cast(schema.field(name).type) if name in present else pa.nulls(table.num_rows, schema.field(name).type)
+            table[name].cast(schema.field(name).type) if name in present else _absent(table, name, schema.field(name).type)
             for name in dict.fromkeys(wanted)
         ]
         return pa.Table.from_arrays(arrays, schema=pa.schema([schema.field(n) for n in dict.fromkeys(wanted)]))

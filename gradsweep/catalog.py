@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradsweep.declare import LAYER_PATTERN, REQUIRED, TYPES, Group, Param, Union
+from gradsweep.declare import LAYER_PATTERN, ORIGINAL, REQUIRED, TYPES, Group, Param, Union, without_introduced
 
 __all__ = [
-    "REQUIRED", "TYPES", "LAYER_PATTERN", "Param", "Group", "Union", "NOT_IN_CELL",
+    "REQUIRED", "ORIGINAL", "TYPES", "LAYER_PATTERN", "Param", "Group", "Union", "NOT_IN_CELL",
+    "without_introduced",
     "PROBLEMS", "ESTIMATORS", "EXPERIMENTS", "TOP", "derive", "reset", "problem_dtype",
 ]
 

@@ -109,8 +109,12 @@ def _plan_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     """Print what ``run`` would do: cells per kind, done / failed / pending, cost. Runs nothing."""
     from gradsweep.runner import plan
+    from gradsweep.spec.inert import inert_warnings
 
-    print(plan(_load_spec(args.spec), args.results).format())
+    sweep = _load_spec(args.spec)
+    print(plan(sweep, args.results).format())
+    for warning in inert_warnings(c.config for c in sweep.cells):
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 __all__ = [
-    "REQUIRED", "TYPES", "LAYER_PATTERN", "ROLES", "Param", "Group", "Union", "Choice", "OneOf",
+    "REQUIRED", "ORIGINAL", "without_introduced", "TYPES", "LAYER_PATTERN", "ROLES", "Param", "Group", "Union", "Choice", "OneOf",
     "Kind", "ProblemCost", "problem", "estimator", "experiment", "activation", "surrogate",
     "optimizer", "model", "dataset", "did_you_mean", "positive_int", "positive_float",
     "selected_sizes",
@@ -51,6 +51,15 @@ class _Required:
 
 
 REQUIRED: Any = _Required()
+
+
+class _Original:
+    def __repr__(self) -> str:
+        return "ORIGINAL"
+
+
+#: ``Param.introduced`` of a parameter that existed from the start
+ORIGINAL: Any = _Original()
 
 # Types a Param may have. "number_list": a list of numbers or a range mapping ({linspace: ...},
 # {logspace: ...}, {arange: ...}); "layers": "all" or a list of layer selectors (module names,
@@ -84,6 +93,12 @@ class Param:
     ``low``/``high`` bound numbers (``low_open`` makes the lower bound strict, e.g. epsilon > 0).
     ``when`` maps a sibling key to the values for which this parameter applies.
     ``nullable`` lets the spec write ``null`` (meaning "none").
+    ``introduced``: for a parameter added after results existed, the value that reproduces the
+    behaviour from before it existed. A cell whose value equals it hashes as if the key were
+    absent, so cells computed before the parameter keep their ids (the canonical config and the
+    result rows still carry the value; readers fill an old file's null column with it).
+    ``inert``: why this parameter cannot change a cell's result (non-empty: ``plan`` warns when a
+    sweep varies it, instead of silently computing identical cells).
     """
 
     type: str
@@ -97,6 +112,8 @@ class Param:
     nullable: bool = False
     even: bool = False
     pattern: str | None = None
+    introduced: Any = ORIGINAL
+    inert: str = ""
 
     def __post_init__(self) -> None:
         if self.type not in TYPES:
@@ -167,6 +184,30 @@ class OneOf:
     nullable: bool = False
     default: Any = REQUIRED
     when: Mapping[str, tuple] | None = None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as canonical JSON values (``True`` is not ``1``, ``1`` is ``1.0`` only for floats)."""
+    return type(a) is type(b) and a == b
+
+
+def without_introduced(node: "Param | Group | Union", value: Any) -> Any:
+    """``value`` (a canonical config of a resolved ``node``) without the keys that sit at their
+    ``introduced`` value: what a cell's id and a cache key hash, so that adding a parameter
+    leaves the ids and keys of everything computed before it unchanged."""
+    if isinstance(node, Union):
+        if isinstance(value, Mapping) and value.get("kind") in node.kinds:
+            return without_introduced(node.kinds[value["kind"]], value)
+        return value
+    if not isinstance(node, Group) or not isinstance(value, Mapping):
+        return value
+    out = {}
+    for key, item in value.items():
+        child = node.fields.get(key)
+        if isinstance(child, Param) and child.introduced is not ORIGINAL and _same(item, child.introduced):
+            continue
+        out[key] = without_introduced(child, item) if child is not None else item
+    return out
 
 
 def positive_int(doc: str, default: Any = REQUIRED, **kw: Any) -> Param:

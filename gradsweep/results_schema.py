@@ -9,8 +9,8 @@ Rows come in *records*, named by the ``record`` column:
 
 - ``probe``: ``batch, lr, loss_before, loss_after, loss_decrease, estimator_seconds`` (one row
   per batch and learning rate; ``grad_norm`` is the norm of the raw estimate);
-- ``cosine``: ``batch, layer, reference, cosine`` (``layer == "all"`` for all estimated
-  parameters together);
+- ``cosine``: ``batch, layer, reference, cosine, norm_ratio`` (``layer == "all"`` for all
+  estimated parameters together; ``norm_ratio`` = the estimate's norm over the reference's);
 - ``descent``: ``step, loss, lr, epsilon`` (the lr and epsilon in force at that step);
 - ``train``: ``step, loss, accuracy, lr`` and ``estimator`` (the estimator in force, which
   changes after a ``switch``);
@@ -22,6 +22,7 @@ Imports pyarrow only: no torch, no Ray.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any, Iterator, Mapping
 
 import pyarrow as pa
@@ -31,7 +32,7 @@ from gradsweep.catalog import Group, Union
 
 __all__ = [
     "RECORDS", "BASE_FIELDS", "METRIC_FIELDS", "PROVENANCE_FIELDS", "param_fields",
-    "results_schema", "flatten_cell",
+    "results_schema", "flatten_cell", "introduced_columns",
 ]
 
 RECORDS = ("probe", "cosine", "descent", "train", "pretrain")
@@ -53,6 +54,7 @@ METRIC_FIELDS = [
     pa.field("layer", pa.string()),
     pa.field("reference", pa.string()),
     pa.field("cosine", pa.float64()),
+    pa.field("norm_ratio", pa.float64()),
     pa.field("step", pa.int64()),
     pa.field("epoch", pa.int64()),
     pa.field("loss", pa.float64()),
@@ -110,6 +112,32 @@ def param_fields() -> list[pa.Field]:
         seen.setdefault(path, dtype)
     seen["seed"] = pa.int64()
     return [pa.field(p, t) for p, t in seen.items()]
+
+
+@lru_cache(maxsize=None)
+def introduced_columns() -> dict[str, tuple[Any, str]]:
+    """``{column: (introduced value, sibling column)}`` for parameters added after results existed.
+
+    A file written before such a parameter lacks its column; a reader may fill it with the
+    introduced value (what those cells computed with) in the rows where the sibling, a parameter
+    of the same group that every such row sets, is not null (a raw toy has no ``pretrain.until``).
+    """
+    out: dict[str, tuple[Any, str]] = {}
+
+    def walk(node: Group | Union, prefix: str) -> None:
+        groups = node.kinds.values() if isinstance(node, Union) else [node]
+        for group in groups:
+            sibling = next((k for k, c in group.fields.items() if not isinstance(c, (Group, Union))
+                            and c.when is None and c.introduced is catalog.ORIGINAL), None)
+            for key, child in group.fields.items():
+                path = f"{prefix}.{key}" if prefix else key
+                if isinstance(child, (Group, Union)):
+                    walk(child, path)
+                elif child.introduced is not catalog.ORIGINAL and sibling is not None:
+                    out[path] = (child.introduced, f"{prefix}.{sibling}" if prefix else sibling)
+
+    walk(Group({k: v for k, v in catalog.TOP.fields.items() if k not in catalog.NOT_IN_CELL}), "")
+    return out
 
 
 _SCHEMA: pa.Schema | None = None

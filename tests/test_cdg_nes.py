@@ -10,7 +10,7 @@ import torch
 from gradsweep import estimators, seeding
 from gradsweep.estimators.nes import NES, centered_ranks
 from gradsweep.problems.base import Problem
-from gradsweep.problems.rosenbrock import build as build_rosenbrock
+from builders import build_rosenbrock
 from gradsweep.problems.toy_mlp import ToyMLP
 from tests.reference_loops import cdg_plain, nes_plain
 

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from gradsweep.spec.validate import validate_kind
 import torch
 
 from gradsweep.problems.surrogates import surrogate
@@ -34,7 +36,7 @@ def tiny_cfg(**pretrain) -> dict:
     if pretrain:
         cfg["pretrain"] = {"steps": 12, "batch_size": 16, "lr": 0.01, "optimizer": "adam", "weight_decay": 1e-4,
                            "schedule": "cosine", "checkpoint_every": 2, "augment": True, **pretrain}
-    return cfg
+    return validate_kind("problem", cfg)  # canonical, as a cell passes it
 
 
 @pytest.mark.parametrize("c", [1, 2, 3, 8])

@@ -63,7 +63,11 @@ KINDS = [
     estimator(
         "sr_ste", impl="gradsweep.estimators.sr_ste:SrSTE",
         params={
-            "tau": positive_float("RelaxedBernoulli temperature", 0.1),
+            "tau": positive_float(
+                "RelaxedBernoulli temperature", 0.1,
+                inert="sign(RelaxedBernoulli(p, tau) - 1/2) is Bernoulli(p) whatever tau is, and the backward "
+                "is straight-through: cells that differ only in tau compute the same numbers",
+            ),
             "samples": positive_int("sampled STE gradients averaged (N)", 1),
             "seed": Param("int", 0, "the estimator's own seed", low=0),
         },

@@ -28,6 +28,9 @@ class Ste(Estimator):
     (``threshold`` for clipped, ``beta`` for swish_sign).
     """
 
+    #: the forward is the plain sign: ``measure.evaluate: estimator`` judges it plainly
+    forward_is_plain = True
+
     def setup(self) -> None:
         self.surrogate: Surrogate = surrogate_from(self.params)
 

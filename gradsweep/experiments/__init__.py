@@ -24,7 +24,8 @@ MEASURE = Group(
         "evaluate": Param(
             "str", "plain",
             "forward that judges the loss before/after the update: plain sign (for sr_ste: 'fixed sr-STE', "
-            "the notes' default), or the estimator's own (sr_ste's stochastic rounding; an error for the others)",
+            "the notes' default), or the estimator's own (sr_ste's stochastic rounding; plain sign for ste, whose "
+            "forward is sign; an error for the others)",
             choices=("plain", "estimator"),
         ),
     },

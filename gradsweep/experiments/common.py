@@ -31,7 +31,7 @@ from gradsweep.problems.base import Batch, Point, Problem
 
 __all__ = [
     "GeneratorFor", "estimator_seed", "timed_estimate",
-    "global_norm", "normalized", "cosines", "step_losses",
+    "global_norm", "normalized", "cosines", "norm_ratios", "step_losses",
 ]
 
 GeneratorFor = Callable[..., torch.Generator]
@@ -88,6 +88,22 @@ def cosines(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> dic
         out[name] = cos(d, na, nb)
         dots, norms_a, norms_b = dots + d, norms_a + na, norms_b + nb
     out["all"] = cos(dots, norms_a, norms_b)
+    return out
+
+
+def norm_ratios(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """``||a|| / ||b||`` per layer and over all layers (``"all"``); NaN where ``||b||`` is 0.
+
+    Beside the cosine it tells a noisy estimate (NES at small sigma: a large norm made of
+    variance, pointing anywhere) from one that is small but well aimed.
+    """
+    out: dict[str, float] = {}
+    total_a = total_b = 0.0
+    for name in a:
+        na, nb = float(a[name].double().pow(2).sum()), float(b[name].double().pow(2).sum())
+        out[name] = math.sqrt(na / nb) if nb > 0 else math.nan
+        total_a, total_b = total_a + na, total_b + nb
+    out["all"] = math.sqrt(total_a / total_b) if total_b > 0 else math.nan
     return out
 
 

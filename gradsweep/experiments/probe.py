@@ -13,11 +13,13 @@
 4. rows ``record="probe"``: ``batch, lr, loss_before, loss_after, loss_decrease
    (= loss_before - loss_after), grad_norm, estimator_seconds``;
 5. with ``measure.reference``: the reference's estimate on the same batch and rows
-   ``record="cosine"``: ``batch, layer, reference (its label), cosine`` per layer and for
-   ``layer="all"``.
+   ``record="cosine"``: ``batch, layer, reference (its label), cosine, norm_ratio`` per layer
+   and for ``layer="all"`` (``norm_ratio = ||g|| / ||g_ref||`` of the raw estimates).
 
-``measure.evaluate: estimator`` judges the losses with the estimator's own forward; that needs an
-estimator with an ``evaluation_surrogate`` (sr-STE), and is an error for the others.
+``measure.evaluate: estimator`` judges the losses with the estimator's own forward: sr-STE's
+stochastic rounding (its ``evaluation_surrogate``), the plain sign for the STE family (whose
+forward *is* sign: ``forward_is_plain``, so one spec judges sr-STE as the notes did beside
+vanilla STE), and an error for estimators with no forward of their own (CDG, NES, autograd).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 from gradsweep import estimators
 from gradsweep.spec.validate import complete_sections
 from gradsweep.experiments import (
-    GeneratorFor, cosines, estimator_seed, normalized, step_losses, timed_estimate,
+    GeneratorFor, cosines, estimator_seed, norm_ratios, normalized, step_losses, timed_estimate,
 )
 from gradsweep.problems.base import Batch, Point, Problem
 
@@ -49,6 +51,8 @@ def _loss_function(
         return None
     if evaluate != "estimator":
         raise ValueError(f"measure.evaluate: expected 'plain' or 'estimator', got {evaluate!r}")
+    if getattr(estimator, "forward_is_plain", False):
+        return None  # its own forward is the plain sign (the STE family changes only the backward)
     if not hasattr(estimator, "evaluation_surrogate"):
         raise NotImplementedError(
             f"measure.evaluate: 'estimator' needs an estimator with its own forward (sr_ste); "
@@ -74,7 +78,7 @@ def run(problem: Problem, estimator: Any, config: Mapping[str, Any], *, generato
     reference = estimators.get(measure["reference"]) if measure["reference"] else None
     same_as_reference = reference is not None and reference.get_config() == estimator.get_config()
     evaluate = measure["evaluate"]
-    if evaluate == "estimator" and not hasattr(estimator, "evaluation_surrogate"):
+    if evaluate == "estimator" and not (hasattr(estimator, "evaluation_surrogate") or getattr(estimator, "forward_is_plain", False)):
         _loss_function(estimator, evaluate, problem, {}, None, generator_for("evaluate"))  # raises, before any work
     layers = problem.select_layers(config.get("params", "all"))
     point = problem.point()
@@ -101,6 +105,8 @@ def run(problem: Problem, estimator: Any, config: Mapping[str, Any], *, generato
             ref = grads if same_as_reference else reference.estimate(
                 problem, point, batch, layers, generator_for("estimate", b, estimator_seed(reference))
             )
+            ratios = norm_ratios(grads, ref)
             for layer, value in cosines(grads, ref).items():
-                rows.append({"record": "cosine", "batch": b, "layer": layer, "reference": reference.label, "cosine": value})
+                rows.append({"record": "cosine", "batch": b, "layer": layer, "reference": reference.label,
+                             "cosine": value, "norm_ratio": ratios[layer]})
     return pd.DataFrame(rows)

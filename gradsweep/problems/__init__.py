@@ -17,9 +17,25 @@ from gradsweep.declare import (
     Choice, Group, Param, ProblemCost, activation, positive_float, positive_int, problem, surrogate,
 )
 
-__all__ = ["KINDS", "build_problem", "Problem", "Surrogate", "Point", "Batch", "straight_through"]
+__all__ = ["KINDS", "TOY_PRETRAIN", "XNOR_PRETRAIN", "build_problem", "Problem", "Surrogate", "Point", "Batch", "straight_through"]
 
 _OPTIMIZER = Choice("optimizer", "adam", "optimizer", with_params=False)
+
+_PLATEAU = {"until": ("plateau",)}
+#: the stop rule of a pretraining, shared by every problem that pretrains ("until the loss stops
+#: falling"); ``until: steps`` (fixed length) is how pretraining worked before the rule existed
+_STOP_RULE: dict[str, Param] = {
+    "until": Param(
+        "str", "steps", "steps: train exactly `steps` steps; plateau: until the held-out loss stops falling",
+        choices=("steps", "plateau"), introduced="steps",
+    ),
+    "patience": positive_int("plateau: held-out evaluations without improvement before stopping", 5, when=_PLATEAU),
+    "min_delta": Param(
+        "float", 0.01, "plateau: an evaluation improves when its loss is below best * (1 - min_delta) "
+        "(relative, so one value fits every loss scale)", low=0.0, when=_PLATEAU,
+    ),
+    "max_steps": positive_int("plateau: stop here even if the loss still falls", 20000, when=_PLATEAU),
+}
 
 # ---------------------------------------------------------------------------------------------
 # The BinaryDuo toy
@@ -47,7 +63,9 @@ def _toy_cost(cfg: Mapping[str, Any]) -> ProblemCost:
 
 TOY_PRETRAIN = Group(
     {
-        "steps": positive_int("update steps of vanilla (clipped) STE training"),
+        **_STOP_RULE,
+        "steps": positive_int("update steps of vanilla (clipped) STE training", when={"until": ("steps",)}),
+        "eval_every": positive_int("plateau: steps between evaluations on the held-out batch", 100, when=_PLATEAU),
         "batch_size": positive_int("fresh N(0, 1) inputs per step", 16000),
         "lr": positive_float("learning rate", 0.01),
         "optimizer": _OPTIMIZER,
@@ -115,7 +133,8 @@ def _xnor_cost(cfg: Mapping[str, Any]) -> ProblemCost:
 
 XNOR_PRETRAIN = Group(
     {
-        "steps": positive_int("optimizer steps"),
+        **_STOP_RULE,
+        "steps": positive_int("optimizer steps", when={"until": ("steps",)}),
         "batch_size": positive_int("images per step", 128),
         "lr": positive_float("initial learning rate", 0.01),
         "optimizer": _OPTIMIZER,
@@ -151,6 +170,11 @@ KINDS = [
                 }
             ),
             "pretrain": TOY_PRETRAIN,
+            "init": Param(
+                "str", "normal", "weights of teacher and student: normal = N(0, 1/fan_in); torch_default = "
+                "nn.Linear's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the notes' (sqrt(3) smaller)",
+                choices=("normal", "torch_default"), introduced="normal",
+            ),
         },
     ),
     problem(

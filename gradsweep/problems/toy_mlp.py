@@ -8,15 +8,18 @@ between consecutive layers and none after the last:
     L(W) = mean((out(x; W_student) - out(x; W_teacher))^2)
 
 ``q`` is the student's activation (:mod:`gradsweep.problems.quantizers`); the teacher uses
-``teacher_activation`` (the student's when null). Every weight is drawn ``N(0, 1/fan_in)`` so that
-each pre-activation is about ``N(0, 1)`` for ``x ~ N(0, I)`` and binary ``h``: the clipped STE's
-window ``|z| <= 1`` then holds a fair share of the units. Draws (all on the CPU, then moved, so a
+``teacher_activation`` (the student's when null). With ``init: normal`` (the default) every weight
+is drawn ``N(0, 1/fan_in)`` so that each pre-activation is about ``N(0, 1)`` for ``x ~ N(0, I)``
+and binary ``h``; ``init: torch_default`` draws ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` as
+PyTorch's ``nn.Linear`` does, the notes' initialisation (sqrt(3) smaller: the notes' loss scale,
+about 0.7 at d = 32 rather than 2). Draws (all on the CPU, then moved, so a
 seed gives the same teacher, student and data on every device):
 
 - teacher: ``generator(seed, "teacher")``; student: ``generator(seed, "student")``;
 - probe batch ``i``: ``x ~ N(0, I)`` of shape (batch_size, d) from ``generator(seed, "batch", i)``,
   ``y = teacher(x)``;
-- pretraining step ``s``: fresh inputs from ``generator(seed, "pretrain", s)``.
+- pretraining step ``s``: fresh inputs from ``generator(seed, "pretrain", s)``; the held-out
+  batch of ``pretrain.until: plateau``: ``generator(seed, "pretrain_eval")``.
 
 ``pretrain`` trains the student with vanilla STE (clipped, t = 1) on fresh batches, with the
 cell's optimizer (``momentum`` is SGD with momentum 0.9), and caches its weights with
@@ -24,7 +27,9 @@ cell's optimizer (``momentum`` is SGD with momentum 0.9), and caches its weights
 without ``data``, the seed, the dtype, the torch version): the many cells of a grid that share a
 student train it once, and concurrent processes wait for the first. The key leaves the device out
 on purpose, so CPU and GPU cells share one student (whichever trained it first). The training
-curve (at most :data:`PRETRAIN_ROWS` rows ``record="pretrain"``: ``step``, ``loss``) is kept in
+curve (at most :data:`PRETRAIN_ROWS` rows ``record="pretrain"``: ``step``, ``loss``, plus every
+held-out evaluation of a plateau rule as ``val_loss``: the last row is the step the training
+stopped at) is kept in
 :attr:`ToyMLP.records`, which ``run_cell`` puts first in the cell's table.
 """
 
@@ -36,7 +41,9 @@ from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
+from gradsweep import catalog
 from gradsweep.cache import cached_file
+from gradsweep.declare import without_introduced
 from gradsweep.optimizers import make as make_optimizer
 from gradsweep.problems.base import Batch, Point, Problem, Surrogate, default_chunk_bytes
 from gradsweep.problems.quantizers import get_quantizer
@@ -52,9 +59,20 @@ PRETRAIN_FORMAT = 2  # 2: 2-bit levels written exactly (quantizers.Staircase)
 PRETRAIN_ROWS = 100
 
 
-def _draw_weights(seed: int, role: str, dim: int, depth: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _draw_weights(
+    seed: int, role: str, dim: int, depth: int, dtype: torch.dtype, init: str = "normal"
+) -> dict[str, torch.Tensor]:
+    """``normal``: N(0, 1/fan_in); ``torch_default``: nn.Linear's kaiming-uniform with a = sqrt(5),
+    i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as the notes initialised both nets."""
     g = generator(seed, role)
     shapes = [(dim, dim)] * (depth - 1) + [(1, dim)]
+    if init == "torch_default":
+        return {
+            f"fc{l}": (torch.rand(shape, generator=g, dtype=dtype) * 2 - 1) / math.sqrt(shape[1])
+            for l, shape in enumerate(shapes, start=1)
+        }
+    if init != "normal":
+        raise ValueError(f"problem.init: expected normal or torch_default, got {init!r}")
     return {
         f"fc{l}": torch.randn(shape, generator=g, dtype=dtype) / math.sqrt(shape[1])
         for l, shape in enumerate(shapes, start=1)
@@ -94,6 +112,7 @@ class ToyMLP(ToyBatchedMixin, Problem):
         seed: int,
         dtype: torch.dtype,
         device: torch.device,
+        init: str = "normal",
     ) -> None:
         if depth < 2:
             raise ValueError(f"depth: expected an integer >= 2, got {depth!r}")
@@ -108,8 +127,9 @@ class ToyMLP(ToyBatchedMixin, Problem):
         self.seed = seed
         self.dtype, self.device = dtype, torch.device(device)
         self.chunk_bytes = default_chunk_bytes(self.device)
-        self.teacher = {n: w.to(self.device) for n, w in _draw_weights(seed, "teacher", dim, depth, dtype).items()}
-        self.student = {n: w.to(self.device) for n, w in _draw_weights(seed, "student", dim, depth, dtype).items()}
+        self.init = init
+        self.teacher = {n: w.to(self.device) for n, w in _draw_weights(seed, "teacher", dim, depth, dtype, init).items()}
+        self.student = {n: w.to(self.device) for n, w in _draw_weights(seed, "student", dim, depth, dtype, init).items()}
         self.indexed_layers = {"linear": list(self.student)}
         #: per-step training losses of the pretraining that produced ``student`` (empty: raw)
         self.pretrain_losses: list[float] = []
@@ -155,47 +175,65 @@ class ToyMLP(ToyBatchedMixin, Problem):
     def pretrain(self, cfg: Mapping[str, Any], *, cache_dir: Path | str) -> None:
         """Replace the student by its vanilla-STE-trained version, computed once per cache key.
 
-        ``cfg`` is the problem's canonical ``pretrain`` group (steps, batch_size, lr, optimizer).
-        The key is the problem config without ``data``, the seed, the dtype and the torch version.
+        ``cfg`` is the problem's canonical ``pretrain`` group: batch_size, lr, optimizer and the
+        stop rule (``until: steps`` with ``steps``; ``until: plateau`` with patience, min_delta,
+        max_steps, eval_every: stop when the loss on a held-out batch has not improved for
+        ``patience`` evaluations). The key is the problem config without ``data`` (parameters at
+        their ``introduced`` value left out, so students cached before ``init`` and ``until``
+        existed are still found), the seed, the dtype and the torch version.
         """
-        steps, batch_size, lr = int(cfg["steps"]), int(cfg["batch_size"]), float(cfg["lr"])
-        optimizer = str(cfg["optimizer"])
-
+        rule = dict(cfg)
+        problem_key = {
+            "kind": "toy_mlp", "dim": self.dim, "depth": self.depth, "activation": self.activation,
+            "teacher_activation": self.teacher_activation, "init": self.init, "pretrain": rule,
+        }
         key = {
             "format": PRETRAIN_FORMAT,
-            "problem": {
-                "kind": "toy_mlp", "dim": self.dim, "depth": self.depth, "activation": self.activation,
-                "teacher_activation": self.teacher_activation,
-                "pretrain": {"steps": steps, "batch_size": batch_size, "lr": lr, "optimizer": optimizer},
-            },
+            "problem": without_introduced(catalog.PROBLEMS["toy_mlp"], problem_key),
             "seed": self.seed,
             "dtype": str(self.dtype).removeprefix("torch."),
             "torch": torch.__version__,
         }
 
         def compute(tmp: Path) -> None:
-            weights, losses = self._train(steps, batch_size, lr, optimizer)
-            torch.save({"weights": {n: w.cpu() for n, w in weights.items()}, "losses": losses}, tmp)
+            weights, losses, evals = self._train(rule)
+            torch.save({"weights": {n: w.cpu() for n, w in weights.items()}, "losses": losses, "evals": evals}, tmp)
 
         path, hit = cached_file(cache_dir, "toy_pretrain", key, compute)
         saved = torch.load(path, map_location="cpu", weights_only=True)
         self.student = {n: w.to(self.device, self.dtype) for n, w in saved["weights"].items()}
         self.pretrain_losses = list(saved["losses"])
         self.pretrain_cache_hit = hit
+        evals = {int(s): float(v) for s, v in saved.get("evals", [])}
+        steps = len(self.pretrain_losses)
         every = max(1, math.ceil(steps / PRETRAIN_ROWS))
         self.records = [
-            {"record": "pretrain", "step": s + 1, "loss": loss}
+            {"record": "pretrain", "step": s + 1, "loss": loss, **({"val_loss": evals[s + 1]} if s + 1 in evals else {})}
             for s, loss in enumerate(self.pretrain_losses)
-            if (s + 1) % every == 0 or s + 1 == steps
+            if (s + 1) % every == 0 or s + 1 == steps or s + 1 in evals
         ]
 
-    def _train(self, steps: int, batch_size: int, lr: float, optimizer: str) -> tuple[Point, list[float]]:
-        """Vanilla-STE training from the raw student (whatever ``self.student`` holds now)."""
+    def _train(self, rule: Mapping[str, Any]) -> tuple[Point, list[float], list[list[float]]]:
+        """Vanilla-STE training from the raw student: ``(weights, training loss per step,
+        [[step, held-out loss], ...])``. ``until: steps`` runs ``steps`` steps and evaluates
+        nothing (as before the rule existed); ``until: plateau`` evaluates the plain-sign loss on
+        one held-out batch (``generator(seed, "pretrain_eval")``) every ``eval_every`` steps and
+        stops after ``patience`` evaluations that are not below ``best * (1 - min_delta)``, or at
+        ``max_steps``."""
         ste = Clipped(1.0)  # vanilla STE
-        params = {n: w.to(self.device) for n, w in _draw_weights(self.seed, "student", self.dim, self.depth, self.dtype).items()}
+        plateau = rule["until"] == "plateau"
+        steps = int(rule["max_steps"] if plateau else rule["steps"])
+        batch_size = int(rule["batch_size"])
+        raw = _draw_weights(self.seed, "student", self.dim, self.depth, self.dtype, self.init)
+        params = {n: w.to(self.device) for n, w in raw.items()}
         names = list(params)
-        opt = make_optimizer(optimizer, lr)
+        opt = make_optimizer(str(rule["optimizer"]), float(rule["lr"]))
         losses: list[float] = []
+        evals: list[list[float]] = []
+        if plateau:
+            x_eval = self.draw_inputs("pretrain_eval", batch_size=batch_size)
+            held_out = (x_eval, self.teacher_outputs(x_eval))
+            best, bad = math.inf, 0
         for step in range(steps):
             x = self.draw_inputs("pretrain", step, batch_size=batch_size)
             leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
@@ -204,7 +242,18 @@ class ToyMLP(ToyBatchedMixin, Problem):
                 grads = torch.autograd.grad(loss, [leaves[n] for n in names])
             opt.step(params, dict(zip(names, grads)))
             losses.append(float(loss.detach()))
-        return params, losses
+            done = step + 1
+            if plateau and (done % int(rule["eval_every"]) == 0 or done == steps):
+                with torch.no_grad():
+                    value = float(self.loss(params, held_out))
+                evals.append([done, value])
+                if value < best * (1 - float(rule["min_delta"])):
+                    best, bad = value, 0
+                else:
+                    bad += 1
+                    if bad >= int(rule["patience"]):
+                        break
+        return params, losses, evals
 
 
 def build(
@@ -226,6 +275,7 @@ def build(
         seed=seed,
         dtype=dtype,
         device=device,
+        init=str(cfg["init"]),
     )
     pretrain = cfg["pretrain"]
     if pretrain:

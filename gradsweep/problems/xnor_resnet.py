@@ -40,9 +40,11 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 import torch.nn.functional as F
 
+from gradsweep.declare import without_introduced
 from gradsweep.problems.base import Batch, Point, Problem, Surrogate, straight_through
 from gradsweep.problems.quantizers import get_quantizer
 from gradsweep.problems.surrogates import surrogate as make_surrogate
+from gradsweep.problems import XNOR_PRETRAIN
 from gradsweep.problems.xnor_cdg import XnorCdgMixin
 from gradsweep.seeding import generator
 
@@ -308,14 +310,16 @@ def pretrain_key(cfg: Mapping[str, Any], *, seed: int, dtype: torch.dtype) -> di
         "artefact": "xnor_resnet18_pretrain", "version": 1,
         "channels": cfg["channels"], "weights": cfg["weights"], "ste": cfg["ste"],
         "data": {k: data[k] for k in ("source", "path", "image_size", "train_size")},
-        "pretrain": dict(cfg["pretrain"]), "seed": seed, "dtype": str(dtype),
+        # parameters at their introduced value (until: steps) are left out: old caches stay valid
+        "pretrain": without_introduced(XNOR_PRETRAIN, dict(cfg["pretrain"])), "seed": seed, "dtype": str(dtype),
     }
 
 
 def _lr_at(step: int, pcfg: Mapping[str, Any]) -> float:
     base = float(pcfg["lr"])
     if pcfg["schedule"] == "cosine":
-        return base * 0.5 * (1 + math.cos(math.pi * step / int(pcfg["steps"])))
+        horizon = int(pcfg["max_steps"] if pcfg["until"] == "plateau" else pcfg["steps"])
+        return base * 0.5 * (1 + math.cos(math.pi * step / horizon))
     return base
 
 
@@ -339,6 +343,18 @@ def _evaluate(blocks: list[Block], weights: Mapping[str, torch.Tensor], state: M
         loss += float(F.cross_entropy(out, y[i:i + chunk], reduction="sum"))
         correct += int((out.argmax(1) == y[i:i + chunk]).sum())
     return loss / len(x), correct / len(x)
+
+
+def _plateaued(losses: list[float], pcfg: Mapping[str, Any]) -> bool:
+    """Whether the last ``patience`` evaluations all failed to beat the best before them by the
+    relative ``min_delta`` (computed from the curve, so a resumed run decides as an unbroken one)."""
+    best, bad = math.inf, 0
+    for value in losses:
+        if value < best * (1 - float(pcfg["min_delta"])):
+            best, bad = value, 0
+        else:
+            bad += 1
+    return bad >= int(pcfg["patience"])
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
@@ -372,7 +388,10 @@ def pretrain(
     pcfg = cfg["pretrain"]
     binary = cfg["weights"] == "binary"
     blocks = architecture(int(cfg["channels"]))
-    steps, bs = int(pcfg["steps"]), int(pcfg["batch_size"])
+    # until: plateau stops after `patience` validation rows (one per epoch) not below
+    # best * (1 - min_delta), or at max_steps; until: steps (the default) runs `steps` steps
+    plateau = pcfg["until"] == "plateau"
+    steps, bs = int(pcfg["max_steps"] if plateau else pcfg["steps"]), int(pcfg["batch_size"])
     every = int(pcfg["checkpoint_every"])
     surrogate = make_surrogate(cfg["ste"])
     n_train = len(data.train_x)
@@ -423,6 +442,8 @@ def pretrain(
                 "val_loss": val_loss, "val_accuracy": val_acc,
             })
             acc = {"loss": 0.0, "correct": 0, "seen": 0}
+            if plateau and _plateaued([r["val_loss"] for r in records], pcfg):
+                break
         if done % every == 0 and done < steps:
             _save_atomic({"step": done, "records": records, "acc": acc, "optimizer": opt.state_dict(),
                           "params": {n: t.detach().clone() for n, t in {**weights, **state}.items()}}, checkpoint)

@@ -3,7 +3,7 @@
 A cell's config is the spec's top-level keys except :data:`gradsweep.catalog.NOT_IN_CELL`, plus
 ``seed``: fully concrete, defaults filled, non-applicable parameters absent, ``dtype`` resolved,
 numbers normalised, keys sorted. Its id is the first 16 hex digits of the sha256 of its canonical
-JSON (sorted keys, no spaces), so it depends on the cell's content only: not on key order, not on
+JSON (sorted keys, no spaces; parameters at their ``introduced`` value left out), so it depends on the cell's content only: not on key order, not on
 the other cells of the grid, not on the machine.
 """
 
@@ -52,8 +52,14 @@ def canonical_json(config: Mapping[str, Any]) -> str:
 
 
 def cell_id(canonical: Mapping[str, Any]) -> str:
-    """First 16 hex digits of sha256 of the canonical JSON of a canonical cell config."""
-    return hashlib.sha256(canonical_json(canonical).encode()).hexdigest()[:16]
+    """First 16 hex digits of sha256 of the canonical JSON of a canonical cell config.
+
+    Parameters at their ``introduced`` value (:attr:`gradsweep.catalog.Param.introduced`) are
+    left out of the hashed text, as :func:`gradsweep.spec.expand` does: a cell computed before a
+    parameter existed keeps its id.
+    """
+    hashed = catalog.without_introduced(cell_group(), canonical)
+    return hashlib.sha256(canonical_json(hashed).encode()).hexdigest()[:16]
 
 
 def canonical_cell(mapping: Mapping[str, Any]) -> dict[str, Any]:
@@ -68,4 +74,4 @@ def canonical_cell(mapping: Mapping[str, Any]) -> dict[str, Any]:
         ctx.add("", f"expected one concrete cell, got a grid of {len(alts)} cells")
     if ctx.issues:
         raise SpecError(ctx.issues, source="cell config")
-    return json.loads(alts[0][1])
+    return json.loads(canonical_json(alts[0][0]))  # a private copy (the text may omit introduced keys)

@@ -47,6 +47,8 @@ MAX_LIST = 1_000_000  # longest list a range may produce
 RANGE_KEYS = ("linspace", "logspace", "arange")
 _MISSING: Any = object()
 _NULL: Alt = (None, "null")
+_UNSET: Any = object()  # a required parameter with a ``when``, not given: an error where it applies
+_UNSET_ALT: tuple = (_UNSET, "")
 _LIST_TYPES = ("number_list", "int_list", "str_list", "layers", "x0")
 
 
@@ -371,6 +373,8 @@ _DEFAULTS: dict[int, list[Alt]] = {}
 
 def _leaf(p: Param, raw: Any, path: str, line: int | None, ctx: Context) -> list[Alt]:
     if raw is _MISSING:
+        if p.default is REQUIRED and p.when:
+            return [_UNSET_ALT]  # required only where it applies: _combine decides
         if p.default is REQUIRED:
             ctx.add(path, f"required: expected {describe(p)}", line)
             return []
@@ -601,6 +605,14 @@ def expand_group(
     return _combine(group, outer, dict(fixed or {}), explicit_lines, path, line, ctx, resolve)
 
 
+def _introduced_parts(group: Group, head: Callable[[str], str]) -> frozenset[str]:
+    """The ``"key":value`` texts of the group's parameters at their ``introduced`` values."""
+    return frozenset(
+        head(k) + _dumps(c.introduced) for k, c in group.fields.items()
+        if isinstance(c, Param) and c.introduced is not catalog.ORIGINAL
+    )
+
+
 def _single(getter_indices: Sequence[int]) -> Callable[[Sequence[Any]], tuple]:
     """``itemgetter`` that always returns a tuple (it returns a bare item for one index)."""
     if len(getter_indices) == 1:
@@ -661,6 +673,7 @@ def _combine(
             merged.update(part)
         if resolve is not None:
             resolve(merged)
+        unset = False
         if when_of:
             memo: dict[str, bool] = {}
             for k in when_of:
@@ -674,6 +687,11 @@ def _combine(
                     del merged[k]
                 elif k in explicit:
                     used.add(k)
+                elif merged[k] is _UNSET_ALT:
+                    ctx.add(_join(path, k), f"required: expected {describe(fields[k])}", line)
+                    unset = True
+            if unset:
+                continue
         keys = tuple(sorted(merged))
         parts = tuple(head(k) + merged[k][1] for k in keys)
         if parts in seen:
@@ -708,12 +726,22 @@ def _combine(
         crossed = ((v + fv, p + fp) for v, p in f_combos for fv, fp in factor)
         f_combos = list(crossed if ctx.cap is None else itertools.islice(crossed, ctx.cap))
 
+    # A parameter at its ``introduced`` value is left out of the text (which is what the cell id
+    # hashes), not out of the value: cells computed before it existed keep their ids.
+    drop = _introduced_parts(group, head)
     out: list[Alt] = []
     for keys, values, parts in heads_done:
         all_keys = keys + tuple(f_keys)
         order = sorted(range(len(all_keys)), key=all_keys.__getitem__)
         ordered = tuple(all_keys[i] for i in order)
         pick = _single(order)
+        if drop:
+            out += [
+                (dict(zip(ordered, pick(values + fv))),
+                 "{" + ",".join(p for p in pick(parts + fp) if p not in drop) + "}")
+                for fv, fp in f_combos
+            ]
+            continue
         if not f_keys:
             out.append((dict(zip(ordered, pick(values))), "{" + ",".join(pick(parts)) + "}"))
             continue
@@ -832,7 +860,7 @@ def validate_kind(role: str, mapping: Mapping[str, Any] | str) -> dict[str, Any]
     if not ctx.issues and len(alts) != 1:
         ctx.add(role, f"expected one concrete {role}, got a grid of {len(alts)}")
     ctx.raise_if_any()
-    return json.loads(alts[0][1])
+    return json.loads(_dumps(alts[0][0]))  # a private copy (the text may omit introduced keys)
 
 
 def complete_sections(config: Mapping[str, Any], experiment: str) -> dict[str, Any]:
@@ -849,5 +877,5 @@ def complete_sections(config: Mapping[str, Any], experiment: str) -> dict[str, A
         if not ctx.issues and len(alts) != 1:
             ctx.add(key, f"expected one concrete {key}, got a grid of {len(alts)}")
         ctx.raise_if_any()
-        out[key] = json.loads(alts[0][1])
+        out[key] = json.loads(_dumps(alts[0][0]))
     return out

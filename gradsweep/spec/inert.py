@@ -1,0 +1,80 @@
+"""Warnings for grids over parameters that cannot change a cell's result.
+
+A :class:`~gradsweep.catalog.Param` declares ``inert="why"`` when no value of it can change what a
+cell computes (sr_ste's ``tau``: sign(RelaxedBernoulli(p, tau) - 1/2) is Bernoulli(p) whatever tau
+is). Such a parameter is still a valid key (the notes swept it, and a spec may reproduce that),
+but a grid over it computes the same numbers several times: ``plan`` says so, and why, from the
+declaration (no parameter is special-cased here). Imports neither torch nor Ray.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Iterator, Mapping
+
+from gradsweep.catalog import Group, Param, Union
+from gradsweep.spec.canonical import cell_group
+
+__all__ = ["inert_params", "inert_warnings"]
+
+_Path = tuple[str, ...]
+
+
+def inert_params(node: Param | Group | Union | None = None, path: _Path = (), kinds: tuple = ()) -> Iterator[tuple[_Path, tuple, Param]]:
+    """``(path, kind conditions, param)`` of every inert parameter; a condition is
+    ``(path of a union, kind)``: the parameter exists only in cells with that kind there."""
+    if node is None:
+        node = cell_group()
+    if isinstance(node, Param):
+        if node.inert:
+            yield path, kinds, node
+    elif isinstance(node, Union):
+        for kind, group in node.kinds.items():
+            yield from inert_params(group, path, kinds + ((path, kind),))
+    else:
+        for key, child in node.fields.items():
+            yield from inert_params(child, path + (key,), kinds)
+
+
+def _get(config: Any, path: _Path) -> Any:
+    for key in path:
+        if not isinstance(config, Mapping) or key not in config:
+            return _ABSENT
+        config = config[key]
+    return config
+
+
+_ABSENT: Any = object()
+
+
+def inert_warnings(configs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """One message per inert parameter that takes several values among cells that are otherwise
+    identical (so their results are too), with the declared reason."""
+    params = list(inert_params())
+    configs = list(configs)
+    out = []
+    for path, kinds, param in params:
+        values: dict[str, Any] = {}
+        rest: dict[str, set[str]] = {}
+        for cfg in configs:
+            if any(_get(cfg, p + ("kind",)) != kind for p, kind in kinds):
+                continue
+            value = _get(cfg, path)
+            if value is _ABSENT:
+                continue
+            text = json.dumps(value, sort_keys=True)
+            values.setdefault(text, value)
+            # the cell without the inert parameter: cells that share it are duplicates
+            copy = json.loads(json.dumps(cfg, default=str))
+            del _get(copy, path[:-1])[path[-1]]
+            rest.setdefault(json.dumps(copy, sort_keys=True), set()).add(text)
+        duplicated = sum(len(texts) - 1 for texts in rest.values())
+        if len(values) > 1 and duplicated:
+            where = ".".join(path)
+            kind = " / ".join(f"{'.'.join(p)}.kind {k}" for p, k in kinds)
+            shown = ", ".join(sorted(values, key=str))
+            out.append(
+                f"{where} ({kind}) varies over {len(values)} values ({shown}) but cannot change the result: "
+                f"{param.inert}; {duplicated} cell(s) repeat the numbers of another"
+            )
+    return out
