@@ -134,11 +134,11 @@ def main() -> None:
     timings: dict[str, tuple[float, float]] = {}
     clock = Clock()
     t0, c0 = time.perf_counter(), time.process_time()
-    from analysis import aggregate  # noqa: E402  (imports are part of the cost a user pays)
-    from analysis.cli import summary_tables, _markdown  # noqa: E402
-    from analysis.core import load_results  # noqa: E402
-    from analysis.html import SectionResult, write_index  # noqa: E402
-    from analysis.sections import descent, probe  # noqa: E402
+    from gradsweep.analysis import aggregate  # noqa: E402  (imports are part of the cost a user pays)
+    from gradsweep.analysis.cli import summary_tables, _markdown  # noqa: E402
+    from gradsweep.analysis.core import load_results  # noqa: E402
+    from gradsweep.analysis.html import SectionResult, write_index  # noqa: E402
+    from gradsweep.analysis.sections import descent, probe  # noqa: E402
     timings["import"] = clock.lap()
 
     data = load_results(folder)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from analysis.aggregate import best_lr, best_vs_size, cosine_table, descent_curves, lr_curves, summary
-from analysis.core import ResultsError, load_results, varying
+from gradsweep.analysis.aggregate import best_lr, best_vs_size, cosine_table, descent_curves, lr_curves, summary
+from gradsweep.analysis.core import ResultsError, load_results, varying
 from analysis_synthetic import TOY, probe_rows, write_cell
 
 

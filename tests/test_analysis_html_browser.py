@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.cli import build_report
+from gradsweep.analysis.cli import build_report
 from analysis_synthetic import quickstart_like
 
 

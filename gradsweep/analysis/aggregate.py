@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.core import ResultsData
+from gradsweep.analysis.core import ResultsData
 
 __all__ = ["lr_curves", "probe_curves", "best_lr", "summary", "best_vs_size", "cosine_table", "descent_curves"]
 

@@ -18,9 +18,9 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from analysis.aggregate import best_vs_size, cosine_table, probe_curves
-from analysis.core import KIND_NAMES, Figure, ResultsData, describe, describe_fixed, format_value, group_keys, short_name, varying
-from analysis.figures import Palette, panels, slug, use_log_x
+from gradsweep.analysis.aggregate import best_vs_size, cosine_table, probe_curves
+from gradsweep.analysis.core import KIND_NAMES, Figure, ResultsData, describe, describe_fixed, format_value, group_keys, short_name, varying
+from gradsweep.analysis.figures import Palette, panels, slug, use_log_x
 
 TITLE = "Probe: loss decrease along the estimated direction, and cosine to a reference"
 

@@ -1,6 +1,6 @@
-"""``gradsweep report RESULTS/NAME [--out DIR]`` (and ``python -m analysis report ...``).
+"""``gradsweep report RESULTS/NAME [--out DIR]`` (and ``python -m gradsweep.analysis report ...``).
 
-:func:`build_report` reads the folder, runs every section of :data:`analysis.sections.SECTIONS`,
+:func:`build_report` reads the folder, runs every section of :data:`gradsweep.analysis.sections.SECTIONS`,
 writes ``summary.csv``, ``summary.md`` and ``index.html``. The runtime's CLI calls
 :func:`add_arguments` and :func:`run`; exit codes: 0 written, 1 written but a section failed (the
 page says which), 2 bad input (no such folder, no results).
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.aggregate import summary
-from analysis.core import ResultsData, ResultsError, format_value, load_results, short_name, varying
-from analysis.html import SectionResult, write_index
-from analysis.sections import SECTIONS
+from gradsweep.analysis.aggregate import summary
+from gradsweep.analysis.core import ResultsData, ResultsError, format_value, load_results, short_name, varying
+from gradsweep.analysis.html import SectionResult, write_index
+from gradsweep.analysis.sections import SECTIONS
 
 __all__ = ["add_arguments", "run", "build_report", "Report", "summary_tables"]
 
@@ -84,7 +84,7 @@ def _markdown(table: pd.DataFrame) -> str:
 
 
 def _section_module(name: str):
-    return importlib.import_module(name if "." in name else f"analysis.sections.{name}")
+    return importlib.import_module(name if "." in name else f"gradsweep.analysis.sections.{name}")
 
 
 def build_report(folder: str | Path, out_dir: str | Path | None = None) -> Report:
@@ -130,8 +130,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m analysis report RESULTS/NAME [--out DIR]``."""
-    parser = argparse.ArgumentParser(prog="python -m analysis", description="offline analysis of gradsweep results")
+    """``python -m gradsweep.analysis report RESULTS/NAME [--out DIR]``."""
+    parser = argparse.ArgumentParser(prog="python -m gradsweep.analysis", description="offline analysis of gradsweep results")
     sub = parser.add_subparsers(dest="command", required=True)
     add_arguments(sub.add_parser("report", help="figures, tables and index.html for a results folder"))
     return run(parser.parse_args(argv))

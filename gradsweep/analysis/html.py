@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.core import Figure, ResultsData
+from gradsweep.analysis.core import Figure, ResultsData
 
 __all__ = ["SectionResult", "write_index"]
 

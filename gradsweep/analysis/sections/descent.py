@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.aggregate import descent_curves
-from analysis.core import Figure, ResultsData, describe, describe_fixed, format_value, group_keys, short_name, varying
-from analysis.figures import Palette, panels, slug
+from gradsweep.analysis.aggregate import descent_curves
+from gradsweep.analysis.core import Figure, ResultsData, describe, describe_fixed, format_value, group_keys, short_name, varying
+from gradsweep.analysis.figures import Palette, panels, slug
 
 TITLE = "Descent: loss along repeated steps"
 
