@@ -40,8 +40,7 @@ figure { margin: 1.5em 0; width: 100%; } figure img { max-width: 100%; border: 1
 figcaption { font-size: 0.9em; color: #444; max-width: 1100px; }
 table { border-collapse: collapse; font-size: 0.85em; } td, th { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
 th { background: #f0f0f0; } pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
-#filter { position: sticky; top: 0; z-index: 10; background: #fafafa; border: 1px solid #ddd; padding: 0.3em 1em;
-          max-height: 40vh; overflow-y: auto; }
+#filter { background: #fafafa; border: 1px solid #ddd; padding: 0.3em 1em; }
 #filter fieldset { display: inline-block; vertical-align: top; border: 1px solid #ddd; margin: 0.2em; font-size: 0.85em; }
 #filter label { display: block; white-space: nowrap; } #filter button { font-size: 0.8em; }
 """
@@ -61,7 +60,9 @@ _SCRIPT = r"""
       var key = fig.keys[i] || {};
       var out = Object.assign({}, t);
       var before = gd && gd.data && gd.data[i];
-      if (before && before.visible === 'legendonly') { out.visible = 'legendonly'; }  // keep legend clicks
+      fig.legendonly = fig.legendonly || {};
+      if (before && before.visible !== false) { fig.legendonly[i] = before.visible === 'legendonly'; }
+      if (fig.legendonly[i]) { out.visible = 'legendonly'; }  // a legend click survives the filter
       if (!ok(key.params || {})) { out.visible = false; return out; }
       if (key.points) {
         var keep = [];

@@ -58,11 +58,14 @@ def params_of(data: ResultsData, row: Mapping[str, Any]) -> dict[str, str]:
     return {c: format_value(row[c]) for c in filter_columns(data) if c in row}
 
 
-def hover_lines(data: ResultsData, row: Mapping[str, Any], skip: Iterable[str] = ()) -> str:
-    """The cell parameters a hover shows: every varied parameter of the config, one per line."""
+def hover_lines(data: ResultsData, row: Mapping[str, Any], skip: Iterable[str] = (), among: pd.DataFrame | None = None) -> str:
+    """The cell parameters a hover shows, one per line: those that vary between the configs
+    ``among`` (the figure's; the title names the rest), else every varied parameter."""
     skip = set(skip)
+    columns = varying(among, data.param_columns) if among is not None else filter_columns(data)
     return "<br>".join(
-        f"{short_name(c)}={format_value(row[c])}" for c in filter_columns(data) if c in row and c not in skip
+        f"{short_name(c)}={format_value(row[c])}" for c in columns
+        if c in row and c not in skip and format_value(row[c]) != "null"
     )
 
 

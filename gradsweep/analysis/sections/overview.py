@@ -95,7 +95,7 @@ def _lr_view(data: ResultsData, table: pd.DataFrame, palette: Palette, dash: dic
                     f"<b>{family}</b>{' (' + tuned + ')' if tuned else ''}<br>{panel}<br>lr={format_value(r.lr)}"
                     f"<br>mean {r.mean:.4g} ± {0 if pd.isna(r.std) else r.std:.3g} (std)"
                     f"<br>median {r.median:.4g}, IQR [{r.q25:.4g}, {r.q75:.4g}], min-max [{r.min:.4g}, {r.max:.4g}]"
-                    f"<br>n={int(r.n)} (cells {int(r.cells)}, seeds {int(r.seeds)})<br>{hover_lines(data, best)}"
+                    f"<br>n={int(r.n)} (cells {int(r.cells)}, seeds {int(r.seeds)})<br>{hover_lines(data, best, among=group)}"
                     for r in c.itertuples()
                 ]
                 plot.line(p, c["lr"], c["mean"], label=family, colour=palette(family), hover=hover,
@@ -146,7 +146,7 @@ def _size_view(data: ResultsData, table: pd.DataFrame, palette: Palette, dash: d
                     hover = [
                         f"<b>{family}</b><br>{panel}<br>{name}={format_value(r[axis])}<br>best mean {r['best_mean']:.4g}"
                         f" ± {0 if pd.isna(r['best_std']) else r['best_std']:.3g} at lr={format_value(r['best_lr'])}"
-                        f"<br>{hover_lines(data, r, skip=[axis])}"
+                        f"<br>{hover_lines(data, r, skip=[axis], among=group)}"
                         for _, r in best.iterrows()
                     ]
                     points = {c: [format_value(v) for v in best[c]] for c in (axis, *TUNED[:2]) if c in best.columns}
