@@ -20,7 +20,7 @@ TITLE = "Descent: loss along repeated steps"
 
 def _line_labels(configs: pd.DataFrame, line_cols: list[str], est_cols: list[str]) -> pd.Series:
     """Per config: its estimator label, plus the other parameters that vary among the lines."""
-    others = [c for c in varying(configs, line_cols) if c not in est_cols]
+    others = [c for c in varying(configs, line_cols) if c not in est_cols and c != "sweep"]  # the label has it
     labels = {}
     for config, row in configs.iterrows():
         extra = describe(row, others)

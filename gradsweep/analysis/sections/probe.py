@@ -224,7 +224,7 @@ def cosine_figures(data: ResultsData, table: pd.DataFrame, out_dir: Path) -> lis
     out = []
     for key, group in group_keys(joined, fig_cols):
         reference = format_value(key["reference"])
-        where = _title_part(key, joined, data.setting_columns)
+        where = _title_part(key, joined, data.figure_columns(data.setting_columns))
         title = f"cosine to {reference}" + (f" - {where}" if where else "")
         panel_labels = _panel_order(group["pretrain_label"])
         layers = _layer_order([layer for layer in layer_seen if layer in set(group["layer"])])
