@@ -134,39 +134,48 @@ def main() -> None:
     timings: dict[str, tuple[float, float]] = {}
     clock = Clock()
     t0, c0 = time.perf_counter(), time.process_time()
-    from analysis import aggregate  # noqa: E402  (imports are part of the cost a user pays)
-    from analysis.cli import summary_tables, _markdown  # noqa: E402
-    from analysis.core import load_results  # noqa: E402
-    from analysis.html import SectionResult, write_index  # noqa: E402
-    from analysis.sections import descent, probe  # noqa: E402
+    from gradsweep.analysis import aggregate  # noqa: E402  (imports are part of the cost a user pays)
+    from gradsweep.analysis.cli import _markdown, _section_module, report_location, summary_tables  # noqa: E402
+    from gradsweep.analysis.core import load_results  # noqa: E402
+    from gradsweep.analysis.html import SectionResult, plotly_js, write_index  # noqa: E402
+    from gradsweep.analysis.interactive import filter_values  # noqa: E402
+    from gradsweep.analysis.sections import SECTIONS  # noqa: E402
     timings["import"] = clock.lap()
 
     data = load_results(folder)
     timings["load"] = clock.lap()
-    table = aggregate.summary(data)
+    aggregate.summary(data)
     aggregate.cosine_table(data.records("cosine"))
+    table = aggregate.best_spread(data)
     timings["aggregate"] = clock.lap()
-    out = folder / "_report"
+    out = report_location(folder)  # what `gradsweep report FOLDER` writes: every section, as build_report runs them
     (out / "figures").mkdir(parents=True, exist_ok=True)
     sections = []
-    for name, module in (("probe", probe), ("descent", descent)):
+    for name in SECTIONS:
+        module = _section_module(name)
         sections.append(SectionResult(name, module.TITLE, module.section(data, out / "figures")))
         timings[f"draw {name}"] = clock.lap()
     csv, readable = summary_tables(data, table)
     csv.to_csv(out / "summary.csv", index=False)
     (out / "summary.md").write_text(_markdown(readable))
-    write_index(data, sections, readable, out)
+    plotly_js()
+    write_index(data, sections, readable, out, filter_values(data))
     timings["tables+html"] = clock.lap()
     total = (time.perf_counter() - t0, time.process_time() - c0)
 
     figures = sum(len(s.figures) for s in sections)
-    print(f"rows {len(data.rows):,}, cells {len(data.cells):,}, configs {data.cells['config'].nunique():,}, figures {figures}")
+    interactive = sum(1 for s in sections for f in s.figures if f.plot is not None)
+    page = (out / "index.html").stat().st_size / 1e6
+    print(f"rows {len(data.rows):,}, cells {len(data.cells):,}, configs {data.cells['config'].nunique():,},"
+          f" figures {figures} ({interactive} interactive), index.html {page:.1f} MB")
     print(f"{'stage':<12} {'wall s':>7} {'cpu s':>7}   (cpu: this process, all threads; on a shared machine wall > cpu)")
     for stage, (wall, cpu) in timings.items():
         print(f"{stage:<12} {wall:7.2f} {cpu:7.2f}")
     print(f"{'total':<12} {total[0]:7.2f} {total[1]:7.2f}   (goal: under 20 s)")
     if args.folder is None and not args.keep:
         shutil.rmtree(folder.parent)
+    elif not args.keep:
+        shutil.rmtree(out)
 
 
 if __name__ == "__main__":

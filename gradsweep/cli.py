@@ -1,7 +1,7 @@
 """The ``gradsweep`` command: plan, run, status, resume, report.
 
 One function per subcommand, listed in :data:`COMMANDS`; a subcommand that lives in another
-package (``report`` in ``analysis.cli``) is named by its module, which must define
+package (``report`` in ``gradsweep.analysis.cli``) is named by its module, which must define
 ``add_arguments(parser)`` and ``run(args) -> int``, and is imported only when that subcommand
 runs. Exit codes: 0 every cell done, 1 cells failed (or, for ``status``, not all done), 2 bad
 input (bad spec, missing folder, lock held, unwritable results) with one message on stderr and no
@@ -186,7 +186,7 @@ COMMANDS: dict[str, Command] = {
     "run": Command("run every cell of a spec that is not done yet", _run_arguments, cmd_run),
     "status": Command("show done / failed / pending of a results folder (or a submitted job) and the errors", _status_arguments, cmd_status),
     "resume": Command("run the failed and missing cells of the spec stored in a results folder", _resume_arguments, cmd_resume),
-    "report": Command("make figures and tables from a results folder", module="analysis.cli"),
+    "report": Command("make figures and tables from a results folder", module="gradsweep.analysis.cli"),
     "kinds": Command("list every kind (built-in and from installed plugins) with its parameters and package",
                      module="gradsweep.spec.reference"),
     "submit": Command("submit a sweep to a Ray cluster as a Ray job; prints the job id and returns",

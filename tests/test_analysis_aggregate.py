@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from analysis.aggregate import best_lr, best_vs_size, cosine_table, descent_curves, lr_curves, summary
-from analysis.core import ResultsError, load_results, varying
+from gradsweep.analysis.aggregate import best_lr, best_vs_size, cosine_table, descent_curves, lr_curves, summary
+from gradsweep.analysis.core import ResultsError, load_results, varying
 from analysis_synthetic import TOY, probe_rows, write_cell
 
 
@@ -136,3 +136,17 @@ def test_an_unreadable_file_is_skipped_and_named(folder: Path) -> None:
     data = load_results(folder)
     assert len(data.cells) == 5
     assert [u.split(":")[0] for u in data.unreadable] == ["0000000000000000.parquet"]
+
+
+def test_spread_at_the_best_lr_gives_quartiles_not_only_the_mean(folder: Path) -> None:
+    from gradsweep.analysis.aggregate import best_spread
+
+    data = load_results(folder)
+    row = best_spread(data).set_index("config").loc[config_of(data, 0.1, 4)]
+    # at lr 0.5 (the best lr) the samples are 2, -1, 4, 7: quartiles by linear interpolation
+    assert row["best_lr"] == 0.5
+    assert [row["min"], row["q25"], row["median"], row["q75"], row["max"]] == [-1.0, 1.25, 3.0, 4.75, 7.0]
+    # each (seed, batch)'s own best over the lr grid: max(1, 2), max(3, -1), max(2, 4), max(2, 7)
+    assert [row["own_min"], row["own_median"], row["own_max"]] == [2.0, 3.5, 7.0]
+    curves = lr_curves(data.records("probe")).set_index(["config", "lr"])
+    assert curves.loc[(config_of(data, 0.1, 4), 0.1), ["min", "median", "max"]].tolist() == [1.0, 2.0, 3.0]

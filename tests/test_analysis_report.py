@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.cli import add_arguments, build_report, run
+from gradsweep.analysis.cli import add_arguments, build_report, run
 from analysis_synthetic import TOY, probe_rows, quickstart_like, write_cell
 
 TESTS = Path(__file__).parent
@@ -52,12 +52,12 @@ def test_captions_say_what_varied_and_how_much_was_aggregated(report) -> None:
 
 
 def test_page_references_only_files_that_exist_and_all_figures(report) -> None:
-    page = report.index.read_text()
+    page = re.sub(r"<script[^>]*>.*?</script>", "", report.index.read_text(), flags=re.S)  # Plotly's own source
     refs = re.findall(r'(?:src|href)="([^"#]+)"', page)
     assert refs, "the page links nothing"
     for ref in refs:
         assert not ref.startswith(("/", "http:", "https:", "file:")), ref
-        assert (report.out_dir / ref).is_file(), ref
+        assert ref.startswith("data:image/png;base64,") or (report.out_dir / ref).is_file(), ref
     drawn = {f.path.name for s in report.sections for f in s.figures}
     assert {Path(r).name for r in refs if r.endswith(".png")} == drawn
 
@@ -85,7 +85,10 @@ def test_a_folder_with_only_descent_rows_gets_no_probe_figures(tmp_path: Path) -
     report = build_report(tmp_path, tmp_path / "out")
     counts = {s.name: len(s.figures) for s in report.sections}
     assert counts["probe"] == 0 and counts["descent"] == 1 and not report.errors
-    assert "No probe rows" in report.index.read_text()
+    page = report.index.read_text()
+    assert 'href="#section-descent"' in page
+    # no empty section, in the contents or on the page
+    assert 'href="#section-probe"' not in page and 'id="section-probe"' not in page and 'href="#summary"' not in page
 
 
 def test_partial_sweep_counts_cells_without_files(tmp_path: Path) -> None:
@@ -125,9 +128,9 @@ def test_cli_exit_codes_and_messages(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_a_broken_section_is_reported_and_the_others_still_drawn(tmp_path: Path, monkeypatch) -> None:
-    import analysis.cli
+    import gradsweep.analysis.cli
 
-    monkeypatch.setattr(analysis.cli, "SECTIONS", ["probe", "analysis.sections.no_such_section"])
+    monkeypatch.setattr(gradsweep.analysis.cli, "SECTIONS", ["probe", "gradsweep.analysis.sections.no_such_section"])
     write_cell(tmp_path, {**TOY, "problem.dim": 4, "estimator.kind": "cdg", "estimator.epsilon": 0.1, "seed": 0},
                probe_rows({(0, 0.1): 0.2, (0, 0.5): 0.1}))
     report = build_report(tmp_path, tmp_path / "_out")
@@ -143,8 +146,8 @@ def test_module_entry_point_renders_without_torch_or_ray(tmp_path: Path) -> None
     code = (
         "import sys, runpy\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "sys.argv = ['analysis', 'report', sys.argv[1], '--out', sys.argv[2]]\n"
-        "try:\n    runpy.run_module('analysis', run_name='__main__')\n"
+        "sys.argv = ['gradsweep.analysis', 'report', sys.argv[1], '--out', sys.argv[2]]\n"
+        "try:\n    runpy.run_module('gradsweep.analysis', run_name='__main__')\n"
         "except SystemExit as e:\n    assert e.code == 0, e.code\n"
         "bad = [m for m in ('torch', 'ray') if m in sys.modules]\n"
         "assert not bad, bad\n"
@@ -185,3 +188,16 @@ def test_quickstart_spec_run_in_process_then_reported(tmp_path: Path) -> None:
     }
     assert report.summary["best_mean"].notna().all()
     assert "The spec expands to 10 cells; all have results." in report.index.read_text()
+
+
+def test_a_users_own_analysis_py_does_not_shadow_the_report(tmp_path: Path) -> None:
+    """The report's package is ``gradsweep.analysis``: a user's ``analysis.py`` in the working
+    directory (first on ``sys.path`` for ``python -m``) must not break ``python -m gradsweep report``."""
+    folder = tmp_path / "one"
+    write_cell(folder, {**TOY, "problem.dim": 4, "estimator.kind": "cdg", "estimator.epsilon": 0.1, "seed": 0},
+               probe_rows({(0, 0.1): 0.2, (0, 0.5): 0.1}))
+    (tmp_path / "analysis.py").write_text("raise SystemExit('the user analysis.py was imported')\n")
+    out = subprocess.run([sys.executable, "-m", "gradsweep", "report", str(folder), "--out", str(tmp_path / "rep")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "rep" / "index.html").is_file()

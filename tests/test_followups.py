@@ -124,8 +124,8 @@ def test_random_ste_rejects_low_above_high():
 
 
 def test_report_counts_batches_where_an_estimator_beats_vanilla_ste(tmp_path):
-    from analysis.core import load_results
-    from analysis.sections import followups as section
+    from gradsweep.analysis.core import load_results
+    from gradsweep.analysis.sections import followups as section
     from tests.analysis_synthetic import probe_rows, write_cell
 
     def cell(estimator: dict, best: list[float]) -> str:

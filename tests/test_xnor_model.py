@@ -224,7 +224,7 @@ def test_a_small_probe_sweep_runs_through_ray_to_parquet_and_into_the_report(ray
 
     import pandas as pd
 
-    from analysis.cli import build_report
+    from gradsweep.analysis.cli import build_report
     from gradsweep.executors import FaultHooks
     from gradsweep.executors.ray_executor import RayExecutor
     from gradsweep.runner import run
@@ -264,7 +264,7 @@ def test_run_cell_puts_the_pretraining_curve_in_the_cell_table(tmp_path: Path) -
 def test_report_takes_the_best_over_lr_and_epsilon_per_batch() -> None:
     import pandas as pd
 
-    from analysis.sections.xnor import best_per_batch, layer_label
+    from gradsweep.analysis.sections.xnor import best_per_batch, layer_label
 
     probe = pd.DataFrame({
         "batch": [0, 0, 0, 0, 1, 1, 1, 1],

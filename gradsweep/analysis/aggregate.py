@@ -14,14 +14,28 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.core import ResultsData
+from gradsweep.analysis.core import ResultsData
 
-__all__ = ["lr_curves", "probe_curves", "best_lr", "summary", "best_vs_size", "cosine_table", "descent_curves"]
+__all__ = [
+    "lr_curves", "probe_curves", "best_lr", "summary", "best_vs_size", "cosine_table", "descent_curves",
+    "best_spread", "quantiles",
+]
+
+#: the spread columns every aggregation adds beside ``mean`` and ``std``: min, quartiles, max
+SPREAD = ("min", "q25", "median", "q75", "max")
+
+
+def quantiles(grouped: "pd.core.groupby.SeriesGroupBy") -> pd.DataFrame:
+    """``min``, ``q25``, ``median``, ``q75``, ``max`` of each group (linear interpolation, as
+    numpy's default): the spread a mean and a std hide (a skewed or two-humped sample)."""
+    q = grouped.quantile([0.25, 0.5, 0.75]).unstack()
+    q.columns = ["q25", "median", "q75"]
+    return pd.concat([grouped.min().rename("min"), q, grouped.max().rename("max")], axis=1)[list(SPREAD)]
 
 
 def lr_curves(probe: pd.DataFrame) -> pd.DataFrame:
-    """Per (config, lr): ``mean``, ``std``, ``n`` and ``down`` of the loss decrease, plus
-    ``cells`` and ``seeds`` counted. ``probe``: rows of the ``probe`` record with ``config``."""
+    """Per (config, lr): ``mean``, ``std``, ``n``, ``down`` and the spread (``min``, ``q25``,
+    ``median``, ``q75``, ``max``) of the loss decrease, plus ``cells`` and ``seeds`` counted. ``probe``: rows of the ``probe`` record with ``config``."""
     frame = probe[["config", "lr", "loss_decrease", "cell_id", "seed"]].assign(
         went_down=(probe["loss_decrease"] > 0).astype(float).where(probe["loss_decrease"].notna())
     )
@@ -34,7 +48,7 @@ def lr_curves(probe: pd.DataFrame) -> pd.DataFrame:
         cells=("cell_id", "nunique"),
         seeds=("seed", "nunique"),
     )
-    return out.reset_index()
+    return out.join(quantiles(grouped["loss_decrease"])).reset_index()
 
 
 def best_lr(curves: pd.DataFrame) -> pd.DataFrame:
@@ -95,8 +109,9 @@ def best_vs_size(data: ResultsData, axis: str) -> pd.DataFrame:
 
 
 def cosine_table(cosine: pd.DataFrame) -> pd.DataFrame:
-    """Per (config, reference, layer): ``mean``, ``std``, ``n`` of the cosine over seeds and
-    batches, and ``cells``, ``seeds``."""
+    """Per (config, reference, layer): ``mean``, ``std``, ``n`` and the spread (``min``,
+    ``q25``, ``median``, ``q75``, ``max``) of the cosine over seeds and batches, and ``cells``,
+    ``seeds``."""
     grouped = cosine.groupby(["config", "reference", "layer"], sort=True, dropna=False, observed=True)
     out = grouped.agg(
         mean=("cosine", "mean"),
@@ -104,7 +119,7 @@ def cosine_table(cosine: pd.DataFrame) -> pd.DataFrame:
         n=("cosine", "count"),
         cells=("cell_id", "nunique"),
         seeds=("seed", "nunique"),
-    ).reset_index()
+    ).join(quantiles(grouped["cosine"])).reset_index()
     # Plain strings from here on (rows hold them as categoricals, for speed).
     return out.astype({"reference": object, "layer": object})
 
@@ -115,3 +130,23 @@ def descent_curves(descent: pd.DataFrame) -> pd.DataFrame:
     return grouped.agg(
         mean=("loss", "mean"), min=("loss", "min"), max=("loss", "max"), n=("loss", "count"),
     ).reset_index()
+
+
+def best_spread(data: ResultsData) -> pd.DataFrame:
+    """Per config of the summary: the loss decreases of every (seed, batch) at the config's best
+    lr, as ``min``, ``q25``, ``median``, ``q75``, ``max`` beside ``best_mean``/``best_std``, and
+    the same of each (seed, batch)'s own best over the lr grid (``own_*``: how much a lucky
+    batch helps). Two configs whose boxes overlap cannot be told apart by their means."""
+    return data.memo("best_spread", lambda: _best_spread(data))
+
+
+def _best_spread(data: ResultsData) -> pd.DataFrame:
+    table = summary(data)
+    if table.empty:
+        return pd.DataFrame()
+    probe = data.records("probe")[["config", "cell_id", "batch", "lr", "loss_decrease"]].dropna(subset=["loss_decrease"])
+    at_best = probe.merge(table[["config", "best_lr"]], left_on=["config", "lr"], right_on=["config", "best_lr"])
+    spread = quantiles(at_best.groupby("config")["loss_decrease"])
+    own = probe.groupby(["config", "cell_id", "batch"], observed=True)["loss_decrease"].max().reset_index()
+    own_spread = quantiles(own.groupby("config")["loss_decrease"]).add_prefix("own_")
+    return table.set_index("config").join(spread).join(own_spread).reset_index()

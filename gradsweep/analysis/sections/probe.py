@@ -18,9 +18,10 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from analysis.aggregate import best_vs_size, cosine_table, probe_curves
-from analysis.core import KIND_NAMES, Figure, ResultsData, describe, describe_fixed, format_value, group_keys, short_name, varying
-from analysis.figures import Palette, panels, slug, use_log_x
+from gradsweep.analysis.aggregate import best_vs_size, cosine_table, probe_curves
+from gradsweep.analysis.core import KIND_NAMES, Figure, ResultsData, describe, describe_fixed, format_value, group_keys, short_name, varying
+from gradsweep.analysis.figures import Palette, panels, slug
+from gradsweep.analysis.interactive import DASHES, Plot, clipped_range, hover_lines, lr_axis, params_of
 
 TITLE = "Probe: loss decrease along the estimated direction, and cosine to a reference"
 
@@ -66,8 +67,9 @@ def lr_figures(data: ResultsData, curves: pd.DataFrame, out_dir: Path, palette: 
     """One lr-vs-loss-decrease figure per (setting, estimator kind[, samples])."""
     probe = data.records("probe")
     configs = data.configs(probe)
-    fig_cols = data.setting_columns + [c for c in FIGURE_ESTIMATOR_COLUMNS if c in configs.columns]
-    curve_cols = [c for c in data.estimator_columns if c not in fig_cols]
+    fig_cols = data.figure_columns(data.setting_columns) + [c for c in FIGURE_ESTIMATOR_COLUMNS if c in configs.columns]
+    curve_cols = [c for c in data.line_columns if c not in fig_cols]
+    dashes = {s: DASHES[i % len(DASHES)] for i, s in enumerate(data.sweeps)}
     by_config = dict(tuple(curves.groupby("config", sort=False)))
     title_cols = [c for c in fig_cols if c not in FIGURE_ESTIMATOR_COLUMNS]
     out = []
@@ -81,7 +83,11 @@ def lr_figures(data: ResultsData, curves: pd.DataFrame, out_dir: Path, palette: 
         varied_names = ", ".join(short_name(c) for c in varied) or "none"
         panel_labels = _panel_order(group["pretrain_label"])
         canvas = panels(len(panel_labels))
-        for ax, panel in zip(canvas.axes, panel_labels):
+        x_type = lr_axis(data, curves.loc[curves["config"].isin(group.index), "lr"].unique())
+        plot = Plot([f"{panel} ({data.count(group.index[group['pretrain_label'] == panel], 'probe')})" for panel in panel_labels],
+                    LR_LABEL, DECREASE_LABEL, x_type=x_type, legend_title=f"varied: {varied_names}")
+        lows, highs = [], []
+        for i, (ax, panel) in enumerate(zip(canvas.axes, panel_labels)):
             members = group[group["pretrain_label"] == panel]
             for config, row in members.iterrows():
                 c = by_config.get(config)
@@ -91,12 +97,28 @@ def lr_figures(data: ResultsData, curves: pd.DataFrame, out_dir: Path, palette: 
                 lr, mean, std = c["lr"].to_numpy(), c["mean"].to_numpy(), c["std"].fillna(0).to_numpy()
                 ax.plot(lr, mean, "--", marker=".", color=colour, label=row["estimator_label"], linewidth=1.2)
                 ax.fill_between(lr, mean - std, mean + std, color=colour, alpha=0.15, linewidth=0)
+                hover = [
+                    f"<b>{row['estimator_label']}</b> ({panel})<br>lr={format_value(r.lr)}<br>mean {r.mean:.4g} ± "
+                    f"{0 if pd.isna(r.std) else r.std:.3g} (std), down {r.down:.0%}<br>median {r.median:.4g},"
+                    f" IQR [{r.q25:.4g}, {r.q75:.4g}], min-max [{r.min:.4g}, {r.max:.4g}]<br>n={int(r.n)}"
+                    f" (cells {int(r.cells)}, seeds {int(r.seeds)})<br>{hover_lines(data, row, among=group)}"
+                    for r in c.itertuples()
+                ]
+                plot.line(i, lr, mean, label=row["estimator_label"], colour=colour, hover=hover,
+                          params=params_of(data, row), band=(mean - std, mean + std),
+                          dash=dashes.get(row.get("sweep"), "dash"))
+                lows += list(mean)
+                highs += list(mean + std)
             ax.axhline(0.0, color="grey", linestyle="--", linewidth=0.8)
-            if use_log_x(curves.loc[curves["config"].isin(members.index), "lr"].unique().tolist()):
+            if x_type == "log":
                 ax.set_xscale("log")
             ax.set_xlabel(LR_LABEL)
             ax.set_title(f"{panel} ({data.count(members.index, 'probe')})", fontsize="medium")
             ax.grid(alpha=0.3)
+        plot.hline(0.0)
+        plot.y_range, below = clipped_range(lows, highs)
+        if plot.y_range is not None:  # the divergent tail must not flatten the peak
+            canvas.axes[0].set_ylim(*plot.y_range)
         canvas.axes[0].set_ylabel(DECREASE_LABEL)
         path = canvas.save(out_dir / f"lr-{slug(title)}.png", title, f"varied: {varied_names}")
         sub = curves[curves["config"].isin(group.index)]
@@ -108,9 +130,11 @@ def lr_figures(data: ResultsData, curves: pd.DataFrame, out_dir: Path, palette: 
             + f". Each point: mean loss decrease over seeds and batches (up to {int(sub['n'].max())} samples per point),"
             f" band +-1 std; dashed line: no change. {data.count(group.index, 'probe')}."
             + (f" Panels: {', '.join(panel_labels)}." if len(panel_labels) > 1 else "")
-            + f" Fixed: {describe_fixed(key)}."
+            + (f" The y axis stops at {plot.y_range[0]:.3g}: {below} points of the divergent tail lie below"
+               " (the page's autoscale shows them)." if plot.y_range is not None else "")
+            + f" lr axis: {x_type}. Fixed: {describe_fixed(key)}."
         )
-        out.append(Figure(path, title, caption))
+        out.append(Figure(path, title, caption, plot.to_dict()))
     return out
 
 
@@ -123,7 +147,8 @@ def best_vs_size_figures(data: ResultsData, out_dir: Path, palette: Palette) -> 
         if table.empty:
             continue
         table = table.set_index("config")
-        fig_cols = [c for c in data.setting_columns if c != axis]
+        fig_cols = [c for c in data.figure_columns(data.setting_columns) if c != axis]
+        dashes = {s: DASHES[i % len(DASHES)] for i, s in enumerate(data.sweeps)}
         for key, group in group_keys(table, fig_cols):
             if group[axis].nunique() < 2:
                 continue
@@ -134,9 +159,13 @@ def best_vs_size_figures(data: ResultsData, out_dir: Path, palette: Palette) -> 
             canvas = panels(len(panel_labels))
             sizes = sorted(group[axis].unique())
             lines = 0
-            for ax, panel in zip(canvas.axes, panel_labels):
+            log = min(sizes) > 0 and max(sizes) / min(sizes) >= 4
+            plot = Plot([f"{panel} ({data.count(group.index[group['pretrain_label'] == panel], 'probe')})" for panel in panel_labels],
+                        f"{name} (problem size)", "best loss decrease over the lr grid", x_type="log" if log else "linear",
+                        legend_title="estimator config", x_ticks=sizes)
+            for i, (ax, panel) in enumerate(zip(canvas.axes, panel_labels)):
                 members = group[group["pretrain_label"] == panel]
-                est_cols = [c for c in data.estimator_columns if c in members.columns]
+                est_cols = [c for c in data.line_columns if c in members.columns]
                 line_count = 0
                 for _, line in group_keys(members, est_cols):
                     line = line.sort_values(axis)
@@ -145,6 +174,17 @@ def best_vs_size_figures(data: ResultsData, out_dir: Path, palette: Palette) -> 
                         line[axis], line["best_mean"], yerr=line["best_std"].fillna(0), fmt="--", marker=".",
                         color=palette(label), label=label, capsize=3, linewidth=1.2,
                     )
+                    hover = [
+                        f"<b>{label}</b> ({panel})<br>{name}={format_value(r[axis])}<br>best mean {r['best_mean']:.4g} ±"
+                        f" {0 if pd.isna(r['best_std']) else r['best_std']:.3g} at lr={format_value(r['best_lr'])}"
+                        f"<br>n={int(r['n'])}, seeds {int(r['seeds'])}<br>{hover_lines(data, r, skip=[axis], among=group)}"
+                        for _, r in line.iterrows()
+                    ]
+                    first = line.iloc[0]
+                    plot.line(i, line[axis], line["best_mean"], label=label, colour=palette(label), hover=hover,
+                              params={k: v for k, v in params_of(data, first).items() if k != axis},
+                              points={axis: [format_value(v) for v in line[axis]]}, error=line["best_std"].fillna(0.0),
+                              dash=dashes.get(first.get("sweep"), "dash"))
                     line_count += 1
                 lines = max(lines, line_count)
                 ax.axhline(0.0, color="grey", linestyle="--", linewidth=0.8)
@@ -164,7 +204,8 @@ def best_vs_size_figures(data: ResultsData, out_dir: Path, palette: Palette) -> 
                 + (f" Panels: {', '.join(panel_labels)}." if len(panel_labels) > 1 else "")
                 + f" Fixed: {describe_fixed(key)}."
             )
-            out.append(Figure(path, title, caption))
+            plot.hline(0.0)
+            out.append(Figure(path, title, caption, plot.to_dict()))
     return out
 
 
@@ -178,12 +219,12 @@ def cosine_figures(data: ResultsData, table: pd.DataFrame, out_dir: Path) -> lis
     cosine = data.records("cosine")
     configs = data.configs(cosine)
     joined = table.drop(columns=["cells", "seeds"]).join(configs, on="config", how="inner")
-    fig_cols = data.setting_columns + ["reference"]
+    fig_cols = data.figure_columns(data.setting_columns) + ["reference"]
     layer_seen = list(dict.fromkeys(cosine["layer"].dropna()))
     out = []
     for key, group in group_keys(joined, fig_cols):
         reference = format_value(key["reference"])
-        where = _title_part(key, joined, data.setting_columns)
+        where = _title_part(key, joined, data.figure_columns(data.setting_columns))
         title = f"cosine to {reference}" + (f" - {where}" if where else "")
         panel_labels = _panel_order(group["pretrain_label"])
         layers = _layer_order([layer for layer in layer_seen if layer in set(group["layer"])])
@@ -194,11 +235,23 @@ def cosine_figures(data: ResultsData, table: pd.DataFrame, out_dir: Path) -> lis
             left=0.3 + 0.065 * max(len(r) for r in rows), bottom=0.85,
         )
         image = None
-        for ax, panel in zip(canvas.axes, panel_labels):
+        plot = Plot(panel_labels, "layer", "", x_type="category", y_type="category", legend_title="",
+                    height=max(300, 28 * len(rows) + 160))
+        by_label = group.drop_duplicates("estimator_label").set_index("estimator_label")
+        for p, (ax, panel) in enumerate(zip(canvas.axes, panel_labels)):
             members = group[group["pretrain_label"] == panel]
             grid = members.pivot_table(index="estimator_label", columns="layer", values="mean", aggfunc="mean")
             grid = grid.reindex(index=rows, columns=layers)
             values = grid.to_numpy(dtype=float)
+            stats = members.set_index(["estimator_label", "layer"])
+            hover = [[
+                (f"<b>{r}</b> ({panel})<br>layer {layer}<br>mean {s['mean']:.3f}, median {s['median']:.3f},"
+                 f" IQR [{s['q25']:.3f}, {s['q75']:.3f}], min-max [{s['min']:.3f}, {s['max']:.3f}]<br>n={int(s['n'])}"
+                 f"<br>{hover_lines(data, by_label.loc[r], among=group)}")
+                if (r, layer) in stats.index and not isinstance(s := stats.loc[(r, layer)], pd.DataFrame) else ""
+                for layer in layers] for r in rows]
+            plot.heatmap(p, values, layers, rows, hover=hover, title="cosine",
+                         row_params=[params_of(data, by_label.loc[r]) for r in rows])
             image = ax.imshow(values, cmap="RdBu", vmin=-1.0, vmax=1.0, aspect="auto")
             ax.set_xticks(range(len(layers)))
             ax.set_xticklabels(layers, rotation=30, ha="right")
@@ -222,5 +275,5 @@ def cosine_figures(data: ResultsData, table: pd.DataFrame, out_dir: Path) -> lis
             + (f" Panels: {', '.join(panel_labels)}." if len(panel_labels) > 1 else "")
             + f" Fixed: {describe_fixed(key)}."
         )
-        out.append(Figure(path, title, caption))
+        out.append(Figure(path, title, caption, plot.to_dict()))
     return out

@@ -62,16 +62,27 @@ class ResultsError(ValueError):
     """The folder cannot be reported: it does not exist, or holds no readable result."""
 
 
+class _WrongCell(ValueError):
+    """A cell file whose rows (or metadata) name another cell than its file name."""
+
+
+#: the key under which the store records a cell file's id in its Parquet metadata
+CELL_ID_KEY = b"gradsweep.cell_id"
+
+
 @dataclass(frozen=True)
 class Figure:
     """One figure a section drew: the PNG's path, a title, and a caption for the page.
 
     The caption says what was varied and how many cells and seeds the figure aggregates.
+    ``plot``, where the section drew one, is the same figure for the page (hover, zoom, legend,
+    filter); the PNG stays for papers.
     """
 
     path: Path
     title: str
     caption: str
+    plot: dict | None = None  # the interactive version (interactive.Plot.to_dict), where drawn
 
 
 @dataclass(frozen=True)
@@ -163,6 +174,9 @@ class ResultsData:
     expected_cell_ids: set[str] | None = None
     expected_note: str | None = None
     unreadable: list[str] = field(default_factory=list)
+    folders: list[Path] = field(default_factory=list)
+    sweeps: list[str] = field(default_factory=list)
+    spec_texts: dict[str, str | None] = field(default_factory=dict)
     _records: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
     _memo: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -171,6 +185,21 @@ class ResultsData:
         if key not in self._memo:
             self._memo[key] = compute()
         return self._memo[key]
+
+    @property
+    def compared(self) -> bool:
+        """Several sweeps in one report (``sweep`` is then a parameter of every cell)."""
+        return len(self.sweeps) > 1
+
+    @property
+    def line_columns(self) -> list[str]:
+        """What tells two lines of one figure apart: the estimator config, and the sweep when
+        several are compared on the same axes."""
+        return (["sweep"] if self.compared else []) + self.estimator_columns
+
+    def figure_columns(self, columns: Iterable[str]) -> list[str]:
+        """``columns`` without ``sweep``: figures that compare sweeps put them on the same axes."""
+        return [c for c in columns if c != "sweep"]
 
     @property
     def estimator_columns(self) -> list[str]:
@@ -236,6 +265,8 @@ def _palette_labels(cells: pd.DataFrame) -> None:
             for cell_id, row in group.iterrows():
                 text = describe(row, cols, skip_null=True)
                 labels[cell_id] = f"{name}({text})" if text else name
+    if "sweep" in cells.columns:  # several sweeps compared: every label says which one
+        labels = labels + " [" + cells["sweep"].astype(str) + "]"
     cells["estimator_label"] = labels
     pre_cols = [c for c in cells.columns if c.startswith(PRETRAIN_PREFIX)]
     pre = pd.Series("raw", index=cells.index, dtype=object)
@@ -269,8 +300,13 @@ def _read_cell_files(
     schema = results_schema()
 
     def one(path: str) -> pa.Table:
-        reader = pq.ParquetFile(path)
+        # Page checksums, where the writer stored them, catch bytes flipped inside a data page.
+        reader = pq.ParquetFile(path, page_checksum_verification=True)
         present = set(reader.schema_arrow.names)
+        stem = Path(path).name[: -len(".parquet")]
+        claimed = (reader.schema_arrow.metadata or {}).get(CELL_ID_KEY)
+        if claimed is not None and claimed.decode(errors="replace") != stem:
+            raise _WrongCell(f"holds cell {claimed.decode(errors='replace')!r} (file metadata), not {stem!r}")
         kinds_table = reader.read(columns=[c for c in kind_columns if c in present], use_threads=False)
         kinds = {}
         for column in kinds_table.column_names:
@@ -279,6 +315,11 @@ def _read_cell_files(
                 kinds[column] = values[0].as_py()
         wanted = [*base, *kind_columns, *params_for(kinds)]
         table = reader.read(columns=[c for c in dict.fromkeys(wanted) if c in present], use_threads=False)
+        if "cell_id" in present and table.num_rows:
+            ids = pc.unique(table["cell_id"]).to_pylist()
+            if ids != [stem]:  # a file copied under another cell's name must not count twice
+                shown = ", ".join(repr(i) for i in ids[:3]) + (", ..." if len(ids) > 3 else "")
+                raise _WrongCell(f"holds rows of cell {shown}, not {stem!r} (copied under another cell's name?)")
         arrays = [
             table[name].cast(schema.field(name).type) if name in present else _absent(table, name, schema.field(name).type)
             for name in dict.fromkeys(wanted)
@@ -288,8 +329,9 @@ def _read_cell_files(
     def safe(path: str) -> pa.Table | str:
         try:
             return one(path)
-        except (pa.ArrowException, OSError, KeyError) as err:
-            return f"{Path(path).name}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        except Exception as err:  # noqa: BLE001 - any unreadable file is skipped and listed, never fatal
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            return f"{Path(path).name}: {first}"
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = list(pool.map(safe, files))
@@ -357,12 +399,28 @@ def _expected_cells(spec_path: Path) -> tuple[set[str] | None, str | None]:
     return {cell.id for cell in sweep.cells}, None
 
 
-def load_results(folder: str | Path) -> ResultsData:
-    """Read a results folder (``<results>/<name>/``) for analysis.
+@dataclass
+class _Folder:
+    """One results folder as read: its rows (None if no readable file) and what is missing."""
 
-    Raises :class:`ResultsError` when the folder does not exist or holds no readable result.
-    """
-    folder = Path(folder)
+    folder: Path
+    table: pa.Table | None
+    unreadable: list[str]
+    failures: list[Failure]
+    spec_text: str | None
+    expected: set[str] | None
+    note: str | None
+
+    @property
+    def sweep(self) -> str:
+        if self.table is not None:
+            names = pc.unique(self.table["sweep"]).to_pylist()
+            if len(names) == 1 and names[0]:
+                return str(names[0])
+        return self.folder.name
+
+
+def _read_folder(folder: Path) -> _Folder:
     if not folder.is_dir():
         raise ResultsError(f"results folder {str(folder)!r} does not exist (expected <results>/<name>/)")
     schema = results_schema()
@@ -388,12 +446,74 @@ def load_results(folder: str | Path) -> ResultsData:
         files, ["sweep", "cell_id", "record", "seed", *metrics], [f"{u}.kind" for u in unions],
         lambda kinds: list(declared(tuple(sorted(kinds.items())))),
     )
-    failures = _read_failures(folder)
-    if table is None or table.num_rows == 0:
+    if table is not None and table.num_rows == 0:
+        table = None
+    spec_path = folder / "_gradsweep" / "spec.yaml"
+    spec_text = spec_path.read_text() if spec_path.is_file() else None
+    expected, note = _expected_cells(spec_path)
+    return _Folder(folder, table, unreadable, _read_failures(folder), spec_text, expected, note)
+
+
+def _sweep_labels(parts: Sequence[_Folder]) -> list[str]:
+    """A distinct label per folder: the sweep name, or the folder path where two names clash
+    (the same spec run on CPU and on GPU into two results roots)."""
+    names = [part.sweep for part in parts]
+    if len(set(names)) == len(names):
+        return names
+    paths = [part.folder.resolve() for part in parts]
+    common = Path(os.path.commonpath([str(p) for p in paths]))
+    labels = [str(p.relative_to(common)) if p != common else p.name for p in paths]
+    return labels if len(set(labels)) == len(labels) else [str(p) for p in paths]
+
+
+def _relabel(table: pa.Table, label: str) -> pa.Table:
+    """Rows of one of several folders: ``sweep`` is the folder's label, cell ids ``label/id``
+    (the same cell run in two folders is two cells of the comparison)."""
+    n = table.num_rows
+    table = table.set_column(table.schema.get_field_index("sweep"), "sweep", pa.array([label] * n, pa.string()))
+    ids = pc.binary_join_element_wise(pa.scalar(f"{label}/"), table["cell_id"], "")
+    return table.set_column(table.schema.get_field_index("cell_id"), "cell_id", ids)
+
+
+def load_results(folders: str | os.PathLike | Sequence[str | os.PathLike]) -> ResultsData:
+    """Read a results folder (``<results>/<name>/``), or several to compare, for analysis.
+
+    Several folders are one :class:`ResultsData` whose cells carry a ``sweep`` parameter (the
+    sweep name, or the folder where names clash) and ids ``<sweep>/<cell_id>``: the same
+    config in two sweeps stays two configs. Files that cannot be read, or that hold another
+    cell's rows than their name says, are skipped and listed in ``unreadable``.
+    Raises :class:`ResultsError` when a folder does not exist or none holds a readable result.
+    """
+    paths = [Path(folders)] if isinstance(folders, (str, os.PathLike)) else [Path(f) for f in folders]
+    if not paths:
+        raise ResultsError("no results folder given")
+    parts = [_read_folder(path) for path in paths]
+    multi = len(parts) > 1
+    labels = _sweep_labels(parts)
+    tables, unreadable, failures, expected, notes = [], [], [], set(), []
+    for part, label in zip(parts, labels):
+        prefix = f"{label}/" if multi else ""
+        unreadable += [prefix + u for u in part.unreadable]
+        failures += [Failure(prefix + f.cell_id, f.error) for f in part.failures]
+        if part.expected is None:
+            notes.append(f"{label}: {part.note}" if multi else part.note)
+        elif expected is not None:
+            expected |= {prefix + i for i in part.expected}
+        if part.expected is None:
+            expected = None
+        if part.table is not None:
+            tables.append(_relabel(part.table, label) if multi else part.table)
+    if not tables:
+        folder = parts[0].folder if not multi else ", ".join(str(p.folder) for p in parts)
         what = f"; {len(failures)} failed cells in _gradsweep/failures/" if failures else ""
         bad = f"; unreadable: {', '.join(unreadable)}" if unreadable else ""
         raise ResultsError(f"no results in {str(folder)!r}: no readable <cell_id>.parquet file{what}{bad}")
+    table = pa.concat_tables(tables, promote_options="default") if multi else tables[0]
+    schema = results_schema()
+    params = [f.name for f in param_fields() if f.name in schema.names]
     read_params = [p for p in params if p in table.column_names and p != "seed"]
+    if multi:  # the sweep is a parameter of the comparison: configs never pool across sweeps
+        read_params.insert(0, "sweep")
 
     # Cells: the first row of each cell id (parameters are constant within a cell).
     cell_ids = pc.dictionary_encode(table["cell_id"].combine_chunks())
@@ -411,25 +531,25 @@ def load_results(folder: str | Path) -> ResultsData:
     _palette_labels(cells)
 
     # Rows: metrics only; a row's parameters are its cell's (``config`` links them).
+    metrics = [f.name for f in METRIC_FIELDS]
     rows = table.select(["record", "seed", *metrics]).to_pandas(strings_to_categorical=True)
     rows.insert(0, "cell_id", pd.Categorical.from_codes(codes, categories=cells.index))
     rows["config"] = cells["config"].to_numpy()[codes]
 
-    spec_path = folder / "_gradsweep" / "spec.yaml"
-    spec_text = spec_path.read_text() if spec_path.is_file() else None
-    expected, note = _expected_cells(spec_path)
-    sweep_names = pc.unique(table["sweep"]).to_pylist()
     return ResultsData(
-        folder=folder,
-        name=str(sweep_names[0]) if len(sweep_names) == 1 else folder.name,
+        folder=parts[0].folder,
+        name=" vs ".join(labels) if multi else labels[0],
         rows=rows,
         cells=cells,
         param_columns=param_columns,
-        spec_text=spec_text,
+        spec_text=parts[0].spec_text if not multi else None,
         failures=failures,
         expected_cell_ids=expected,
-        expected_note=note,
+        expected_note="; ".join(n for n in notes if n) or None,
         unreadable=unreadable,
+        folders=[p.folder for p in parts],
+        sweeps=labels,
+        spec_texts={label: part.spec_text for part, label in zip(parts, labels)},
     )
 
 

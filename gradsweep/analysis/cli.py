@@ -1,9 +1,12 @@
-"""``gradsweep report RESULTS/NAME [--out DIR]`` (and ``python -m analysis report ...``).
+"""``gradsweep report RESULTS/NAME [RESULTS/OTHER ...] [--out DIR]`` (and ``python -m gradsweep.analysis report ...``).
 
-:func:`build_report` reads the folder, runs every section of :data:`analysis.sections.SECTIONS`,
-writes ``summary.csv``, ``summary.md`` and ``index.html``. The runtime's CLI calls
-:func:`add_arguments` and :func:`run`; exit codes: 0 written, 1 written but a section failed (the
-page says which), 2 bad input (no such folder, no results).
+:func:`build_report` reads the folder (or several, compared on the same axes), runs every
+section of :data:`gradsweep.analysis.sections.SECTIONS`, writes ``summary.csv``, ``summary.md``,
+the PNG figures and one self-contained interactive ``index.html`` into
+:func:`report_location` (``<results>/<name>.report/``, beside the data folder so that every
+Parquet reader can read the data folder whole). The runtime's CLI calls :func:`add_arguments`
+and :func:`run`; exit codes: 0 written, 1 written but a section failed (the page says which),
+2 bad input (no such folder, no results, an unwritable report folder).
 """
 
 from __future__ import annotations
@@ -14,17 +17,33 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
-from analysis.aggregate import summary
-from analysis.core import ResultsData, ResultsError, format_value, load_results, short_name, varying
-from analysis.html import SectionResult, write_index
-from analysis.sections import SECTIONS
+from gradsweep.analysis.aggregate import best_spread
+from gradsweep.analysis.core import ResultsData, ResultsError, format_value, load_results, short_name, varying
+from gradsweep.analysis.html import SectionResult, write_index
+from gradsweep.analysis.interactive import filter_values
+from gradsweep.analysis.sections import SECTIONS
 
 __all__ = ["add_arguments", "run", "build_report", "Report", "summary_tables"]
 
-DEFAULT_OUT = "_report"  # inside the results folder; "_" keeps it out of pyarrow.dataset's view
+REPORT_SUFFIX = ".report"
+
+
+def report_location(folder: str | Path, *others: str | Path) -> Path:
+    """Where the report of a results folder goes: ``<results>/<name>.report/``, a sibling of
+    the data folder (inside it, Polars and other readers that take every file of the folder
+    would trip over it). Several folders compared: ``<results>/<name>+<other>....report/``
+    beside the first.
+
+    A local stand-in until the store's public function for this location lands
+    (``gradsweep.store``); it must return the same path.
+    """
+    first = Path(folder)
+    names = "+".join(Path(f).name for f in (first, *others))
+    return first.parent / f"{names}{REPORT_SUFFIX}"
 
 
 @dataclass
@@ -44,10 +63,13 @@ class Report:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``report`` subcommand's arguments."""
-    parser.add_argument("results", type=Path, help="a results folder, <results>/<name>/")
+    parser.add_argument(
+        "results", type=Path, nargs="+",
+        help="a results folder, <results>/<name>/; several: their cells on the same axes, told apart by sweep",
+    )
     parser.add_argument(
         "--out", type=Path, default=None,
-        help=f"where to write the report (default: RESULTS/NAME/{DEFAULT_OUT}/)",
+        help=f"where to write the report (default: <results>/<name>{REPORT_SUFFIX}/ beside the first folder)",
     )
 
 
@@ -62,13 +84,15 @@ def summary_tables(data: ResultsData, table: pd.DataFrame) -> tuple[pd.DataFrame
     the estimator config and only the parameters that vary, with numbers rounded."""
     if table.empty:
         return table, table
-    metrics = ["best_lr", "best_mean", "best_std", "down", "n", "estimator_seconds", "cells", "seeds"]
+    spread = [c for c in ("median", "q25", "q75", "min", "max") if c in table.columns]  # at the best lr
+    metrics = ["best_lr", "best_mean", "best_std", *spread, "down", "n", "estimator_seconds", "cells", "seeds"]
     csv = table[[*data.param_columns, *metrics]]
     shown = [c for c in varying(table, data.setting_columns) if not c.startswith("estimator.")]
     readable = table[["estimator_label", *(["pretrain_label"] if table["pretrain_label"].nunique() > 1 else []), *shown, *metrics]]
     readable = readable.rename(columns={
         "estimator_label": "estimator", "pretrain_label": "student", "best_mean": "best decrease (mean)",
-        "best_std": "(std)", "down": "down", "estimator_seconds": "seconds", **{c: short_name(c) for c in shown},
+        "best_std": "(std)", "median": "(median)", "q25": "(q25)", "q75": "(q75)", "min": "(min)", "max": "(max)",
+        "down": "down", "estimator_seconds": "seconds", **{c: short_name(c) for c in shown},
     })
     readable = readable.apply(lambda col: col.map(_fmt))
     return csv, readable
@@ -84,15 +108,20 @@ def _markdown(table: pd.DataFrame) -> str:
 
 
 def _section_module(name: str):
-    return importlib.import_module(name if "." in name else f"analysis.sections.{name}")
+    return importlib.import_module(name if "." in name else f"gradsweep.analysis.sections.{name}")
 
 
-def build_report(folder: str | Path, out_dir: str | Path | None = None) -> Report:
-    """Write the report of a results folder; raises :class:`ResultsError` on bad input."""
-    data = load_results(folder)
-    out = Path(out_dir) if out_dir is not None else Path(folder) / DEFAULT_OUT
+def build_report(folder: str | Path | Sequence[str | Path], out_dir: str | Path | None = None) -> Report:
+    """Write the report of a results folder, or of several compared; raises
+    :class:`ResultsError` on bad input (also an unwritable report folder)."""
+    folders = [folder] if isinstance(folder, (str, Path)) else list(folder)
+    data = load_results(folders)
+    out = Path(out_dir) if out_dir is not None else report_location(*folders)
     figures_dir = out / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        figures_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ResultsError(f"cannot write the report to {str(out)!r}: {err.strerror or err} (choose another with --out)") from err
     for old in figures_dir.glob("*.png"):  # a rerun on more results replaces, never mixes
         old.unlink()
     results = []
@@ -104,11 +133,11 @@ def build_report(folder: str | Path, out_dir: str | Path | None = None) -> Repor
         except Exception:  # noqa: BLE001 - one broken section must not lose the others
             result = SectionResult(name.rsplit(".", 1)[-1], name, error=traceback.format_exc())
         results.append(result)
-    table = summary(data)
+    table = best_spread(data)  # the summary, with the spread over seeds and batches at the best lr
     csv, readable = summary_tables(data, table)
     csv.to_csv(out / "summary.csv", index=False)
     (out / "summary.md").write_text(_markdown(readable), encoding="utf-8")
-    index = write_index(data, results, readable, out)
+    index = write_index(data, results, readable, out, filter_values(data))
     return Report(index, out, results, table, data)
 
 
@@ -124,14 +153,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"report: {report.index} ({count} figures, {len(data.cells)} cells)")
     if data.missing_cell_ids or data.failures:
         print(f"  partial: {len(data.missing_cell_ids)} cells without results, {len(data.failures)} failed")
+    if data.unreadable:
+        print(f"  skipped {len(data.unreadable)} unreadable cell files (not counted):", file=sys.stderr)
+        for line in data.unreadable:
+            print(f"    {line}", file=sys.stderr)
     for s in report.errors:
         print(f"  section {s.name} failed:\n{s.error}", file=sys.stderr)
     return 1 if report.errors else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m analysis report RESULTS/NAME [--out DIR]``."""
-    parser = argparse.ArgumentParser(prog="python -m analysis", description="offline analysis of gradsweep results")
+    """``python -m gradsweep.analysis report RESULTS/NAME [RESULTS/OTHER ...] [--out DIR]``."""
+    parser = argparse.ArgumentParser(prog="python -m gradsweep.analysis", description="offline analysis of gradsweep results")
     sub = parser.add_subparsers(dest="command", required=True)
     add_arguments(sub.add_parser("report", help="figures, tables and index.html for a results folder"))
     return run(parser.parse_args(argv))

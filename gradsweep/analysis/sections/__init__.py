@@ -9,7 +9,9 @@ its module and add one line here.
 from __future__ import annotations
 
 SECTIONS: list[str] = [
+    "overview",
     "probe",
+    "spread",
     "descent",
     "followups",
     "xnor",

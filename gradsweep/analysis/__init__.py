@@ -5,13 +5,13 @@ folder copied to a laptop can be reported there. ``build_report(folder)`` writes
 ``load_results(folder)`` gives the rows for your own analysis.
 """
 
-from analysis.core import Figure, ResultsData, ResultsError, load_results
+from gradsweep.analysis.core import Figure, ResultsData, ResultsError, load_results
 
 __all__ = ["Figure", "ResultsData", "ResultsError", "load_results", "build_report"]
 
 
-def build_report(folder, out_dir=None):  # noqa: ANN001, ANN201 - documented in analysis.cli
-    """Write the report of a results folder (see :func:`analysis.cli.build_report`)."""
-    from analysis.cli import build_report as _build
+def build_report(folder, out_dir=None):  # noqa: ANN001, ANN201 - documented in gradsweep.analysis.cli
+    """Write the report of a results folder (see :func:`gradsweep.analysis.cli.build_report`)."""
+    from gradsweep.analysis.cli import build_report as _build
 
     return _build(folder, out_dir)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.core import KIND_NAMES, Figure, ResultsData, describe, describe_fixed, format_value, group_keys, short_name, varying
-from analysis.figures import Palette, panels, slug
+from gradsweep.analysis.core import KIND_NAMES, Figure, ResultsData, describe, describe_fixed, format_value, group_keys, short_name, varying
+from gradsweep.analysis.figures import Palette, panels, slug
 
 __all__ = ["TITLE", "section", "best_per_batch", "layer_label"]
 

@@ -11,16 +11,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.aggregate import descent_curves
-from analysis.core import Figure, ResultsData, describe, describe_fixed, format_value, group_keys, short_name, varying
-from analysis.figures import Palette, panels, slug
+from gradsweep.analysis.aggregate import descent_curves
+from gradsweep.analysis.core import Figure, ResultsData, describe, describe_fixed, format_value, group_keys, short_name, varying
+from gradsweep.analysis.figures import Palette, panels, slug
+from gradsweep.analysis.interactive import Plot, hover_lines, params_of
 
 TITLE = "Descent: loss along repeated steps"
 
 
 def _line_labels(configs: pd.DataFrame, line_cols: list[str], est_cols: list[str]) -> pd.Series:
     """Per config: its estimator label, plus the other parameters that vary among the lines."""
-    others = [c for c in varying(configs, line_cols) if c not in est_cols]
+    others = [c for c in varying(configs, line_cols) if c not in est_cols and c != "sweep"]  # the label has it
     labels = {}
     for config, row in configs.iterrows():
         extra = describe(row, others)
@@ -49,6 +50,7 @@ def section(data: ResultsData, out_dir: Path) -> list[Figure]:
         canvas = panels(1, panel=6.5, height=4.6)
         ax = canvas.axes[0]
         positive = True
+        plot = Plot([""], "step (updates)", "loss", legend_title="config")
         for config in group.index:
             c = by_config.get(config)
             if c is None:
@@ -58,6 +60,12 @@ def section(data: ResultsData, out_dir: Path) -> list[Figure]:
             if (c["n"] > 1).any():
                 ax.fill_between(c["step"], c["min"], c["max"], color=colour, alpha=0.15, linewidth=0)
             positive = positive and bool((c["min"] > 0).all())
+            row = group.loc[config]
+            hover = [f"<b>{labels[config]}</b><br>step {int(r.step)}<br>mean loss {r.mean:.5g}<br>min-max [{r.min:.5g},"
+                     f" {r.max:.5g}] over {int(r.n)} seeds<br>{hover_lines(data, row, among=group)}" for r in c.itertuples()]
+            plot.line(0, c["step"], c["mean"], label=labels[config], colour=colour, hover=hover,
+                      params=params_of(data, row), band=(c["min"], c["max"]), dash="solid")
+        plot.y_type = "log" if positive else "linear"
         if positive:
             ax.set_yscale("log")
         else:  # a loss that reaches 0 (Rosenbrock's minimum) or below: log away from 0
@@ -73,5 +81,5 @@ def section(data: ResultsData, out_dir: Path) -> list[Figure]:
             f" seeds at each logged step, band min-max over seeds. {data.count(group.index, 'descent')}."
             f" Fixed: {describe_fixed(key)}."
         )
-        out.append(Figure(path, title, caption))
+        out.append(Figure(path, title, caption, plot.to_dict()))
     return out

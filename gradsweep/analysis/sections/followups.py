@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from analysis.core import KIND_NAMES, Figure, ResultsData, describe, describe_fixed, format_value, group_keys, short_name, varying
-from analysis.figures import Palette, panels, slug
+from gradsweep.analysis.core import KIND_NAMES, Figure, ResultsData, describe, describe_fixed, format_value, group_keys, short_name, varying
+from gradsweep.analysis.figures import Palette, panels, slug
 
 TITLE = "Follow-ups: sr-STE against N, who beats vanilla STE, NES against CDG, training curves"
 
