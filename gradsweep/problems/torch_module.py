@@ -319,17 +319,26 @@ class TorchModuleProblem(Problem):
         w = point[plan["layer"]]
         a = acts[stage]
         b = a.shape[0]
-        per_sample = acts[mixing][0].numel() * acts[mixing].element_size()
-        chunk = max(1, int(self.chunk_bytes // max(per_sample * b * 4, 1)))
+        # one moved coordinate holds a column (B, one channel) at every stage up to ``mixing``
+        per_coordinate = max(acts[j][0, 0].numel() for j in range(stage + 1, mixing + 1)) * b * a.element_size() * 12
+        chunk = max(1, int(self.chunk_bytes // max(per_coordinate, 1)))
         changes = torch.zeros(index.numel(), device=self.device, dtype=self.dtype)
         channelwise = [(module.get_submodule(chain.targets[j]), chain.targets[j]) for j in range(stage + 1, mixing)]
+        rank_one = _rank_one(layer_module, attr, point, plan["layer"], a, acts[stage + 1], pre)
         for start in range(0, index.numel(), chunk):
             idx, d = index[start:start + chunk], delta[start:start + chunk]
-            o, new = _moved_channels(layer_module, attr, point, plan["layer"], w, a, acts[stage + 1], idx, d)
+            if rank_one is not None:
+                o, new, same = rank_one.moved(idx, d)
+            else:
+                o, new = _moved_channels(layer_module, attr, point, plan["layer"], w, a, acts[stage + 1], idx, d)
+                same = None
             for m, target in channelwise:
                 new = _channelwise(m, new, o, point, target)
+                same = None if same is None else _channelwise(m, same, o, point, target)
             base = acts[mixing][:, o]  # (B, k, ...)
-            flipped = (new != base).reshape(b, o.numel(), -1).any(2)
+            # ``same``: the unmoved channel by the same arithmetic as ``new``, so that rounding
+            # alone never counts as a change
+            flipped = (new != (base if same is None else same)).reshape(b, o.numel(), -1).any(2)
             b_idx, k_idx = flipped.nonzero(as_tuple=True)
             self._changed_pairs(point, pre, mixing, new, base, o, b_idx, k_idx, start, changes, b)
         return changes
@@ -395,6 +404,83 @@ def _moved_channels(m: nn.Module, attr: str, point: Point, name: str, w: torch.T
     return o, norm * weight.view(shape) + bias.view(shape)
 
 
+class _RankOne:
+    """Moves of one weight of a Conv2d / Linear as rank-one updates of the cached output.
+
+    With ``cols[:, j]`` the input entries that weight ``j`` of a row multiplies (``F.unfold``
+    for a conv), moving ``W[o, j]`` by ``d`` gives, for full-precision weights,
+    ``out[:, o] + d * cols[:, j]``; for binary weights ``Q(W)[o] = alpha_o sign(W[o])``,
+    ``alpha'_o * (S[:, o] + (sign(w') - sign(w)) * cols[:, j]) + bias_o`` with ``S`` the layer
+    applied with ``sign(W)`` (cached) and ``alpha'_o`` the moved row's mean ``|W[o]|``.
+    O(B x spatial) per move instead of a K-channel conv over every input channel.
+    """
+
+    def __init__(self, m: nn.Module, w: torch.Tensor, bias: torch.Tensor | None, a: torch.Tensor,
+                 out: torch.Tensor, cache: dict[str, Any]) -> None:
+        self.w, self.out = w.reshape(w.shape[0], -1), out
+        self.binary = isinstance(m, (BinaryConv2d, BinaryLinear))
+        self.scale = getattr(m, "scale", False)
+        if "cols" not in cache:
+            if isinstance(m, nn.Conv2d):
+                cache["cols"] = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # (B, per_row, L)
+            else:
+                cache["cols"] = a.unsqueeze(2)  # (B, in, 1)
+            if self.binary:
+                signs = _sign_of(w)
+                s = m._conv_forward(a, signs, None) if isinstance(m, nn.Conv2d) else F.linear(a, signs)
+                cache["S"] = s.reshape(s.shape[0], s.shape[1], -1)
+        self.cols, self.S = cache["cols"], cache.get("S")
+        self.bias = bias
+        self.spatial = out.shape[2:]
+
+    def moved(self, idx: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        per_row = self.w.shape[1]
+        o = torch.div(idx, per_row, rounding_mode="floor")
+        j = idx % per_row
+        cols = self.cols[:, j]  # (B, K, L)
+        shape = (1, -1, 1)
+        b, k = cols.shape[0], idx.numel()
+        if not self.binary:
+            base = self.out.reshape(b, self.out.shape[1], -1)[:, o]
+            return o, (base + d.view(shape) * cols).view(b, k, *self.spatial), None
+        w_old = self.w[o, j]
+        w_new = w_old + d
+        flip = (_sign_of(w_new) - _sign_of(w_old)).view(shape)
+        if self.scale:
+            abs_sum = self.w.abs().sum(1)
+            alpha_old = (abs_sum / per_row)[o]
+            alpha_new = (abs_sum[o] + w_new.abs() - w_old.abs()) / per_row
+        else:
+            alpha_old = alpha_new = torch.ones_like(d)
+        s_o = self.S[:, o]
+        bias = 0 if self.bias is None else self.bias[o].view(shape)
+        new = alpha_new.view(shape) * (s_o + flip * cols) + bias
+        same = alpha_old.view(shape) * s_o + bias
+        return o, new.view(b, k, *self.spatial), same.view(b, k, *self.spatial)
+
+
+def _sign_of(w: torch.Tensor) -> torch.Tensor:
+    """sign with sign(0) = +1, as the binary weights use it."""
+    from gradsweep.problems.quantizers import get_quantizer
+
+    return get_quantizer("binary")(w)
+
+
+def _rank_one(m: nn.Module, attr: str, point: Point, name: str, a: torch.Tensor, out: torch.Tensor,
+              prefix: dict[str, Any]) -> _RankOne | None:
+    """The rank-one path for a weight of ``m`` where its arithmetic is known, else None."""
+    if attr != "weight" or not isinstance(m, (nn.Conv2d, nn.Linear)):
+        return None
+    if isinstance(m, nn.Conv2d) and (not isinstance(m.padding, tuple) or m.padding_mode != "zeros"):
+        return None
+    for cls in (BinaryConv2d, BinaryLinear):
+        if isinstance(m, cls) and type(m).quantized_weight is not cls.quantized_weight:
+            return None  # a user's own weight quantiser: the K-row path re-quantises rows instead
+    cache = prefix.setdefault(("rank_one", name), {})
+    bias = point.get(name[: -len("weight")] + "bias", m.bias)
+    return _RankOne(m, point[name], bias, a, out, cache)
+
+
 def _channelwise(m: nn.Module, h: torch.Tensor, o: torch.Tensor, point: Point, target: str) -> torch.Tensor:
     """Stage ``m`` applied to columns ``h[:, k]`` that are its channels ``o[k]``."""
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -412,6 +498,8 @@ def _one_channel(m: nn.Module, point: Point, target: str, dcol: torch.Tensor, o:
     """Plain conv/linear ``m`` applied to a change confined to input channel ``o[p]`` of pair p
     (``dcol`` (P, 1, ...)): ``W[:, o]`` times it, no bias. One grouped conv for all pairs."""
     weight = point.get(f"{target}.weight", m.weight)
+    if isinstance(m, (BinaryConv2d, BinaryLinear)):
+        weight = m.quantized_weight(weight)
     p = dcol.shape[0]
     if isinstance(m, nn.Conv2d):
         cols = weight[:, o].transpose(0, 1)  # (P, Cout, kh, kw)
@@ -544,9 +632,9 @@ class _Chain:
         return j
 
     def plain_linear(self, j: int, module: nn.Module) -> bool:
-        """Stage j is an ungrouped, full-precision Conv2d or a Linear (linear in its input)."""
+        """Stage j is an ungrouped Conv2d or a Linear, binary or not (linear in its input)."""
         m = self._module(j, module)
-        if m is None or isinstance(m, (BinaryConv2d, BinaryLinear)) or not _is_standard_forward(m):
+        if m is None or not _is_standard_forward(m):
             return False
         return isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)
 
