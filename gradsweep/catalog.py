@@ -83,10 +83,12 @@ def derive(reg: Any) -> dict[str, Any]:
 
 def __getattr__(name: str) -> Any:
     if name in _DERIVED:
-        if not _cache:
-            from gradsweep.registry import registry
+        from gradsweep.registry import registry
 
-            _cache.update(derive(registry()))
+        reg = registry()
+        if _cache.get("registry") is not reg:  # derived once per (complete) registry
+            _cache.clear()
+            _cache.update(derive(reg), registry=reg)
         return _cache[name]
     raise AttributeError(f"module 'gradsweep.catalog' has no attribute {name!r}")
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradsweep.problems.base import Surrogate, straight_through
-from gradsweep.problems.quantizers import Staircase, get_quantizer, identity
+from gradsweep.problems.quantizers import BINARY, Staircase, get_quantizer, identity
 
 __all__ = [
     "surrogate_scope", "active_surrogate", "Quantize", "Sign", "Ternary", "TwoBit",
@@ -73,7 +73,7 @@ def _resolve_surrogate(surrogate: Surrogate | str | None) -> Surrogate | None:
     if surrogate is None or isinstance(surrogate, Surrogate):
         return surrogate
     if isinstance(surrogate, str):
-        from gradsweep.estimators.ste import surrogate as ste_surrogate  # the STE family's variants
+        from gradsweep.problems.surrogates import surrogate as ste_surrogate  # the STE family's variants
 
         return ste_surrogate(surrogate)
     raise TypeError(f"surrogate: expected a Surrogate, an STE variant name or None, got {surrogate!r}")
@@ -141,7 +141,7 @@ class TwoBit(Quantize):
 #: the activation quantiser module classes (the problem counts them; CDG treats them as elementwise)
 QUANTIZER_MODULES: tuple[type[nn.Module], ...] = (Quantize,)
 
-_sign = get_quantizer("binary")
+_sign = BINARY
 
 
 def binary_weight(w: torch.Tensor, scale: bool = True) -> torch.Tensor:

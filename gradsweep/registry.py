@@ -213,19 +213,29 @@ def _with_when(node: Any, key: str, values: tuple[str, ...]) -> Any:
     return replace(node, when=when)
 
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
 _REGISTRY: Registry | None = None
+_LOADING: Registry | None = None  # the registry being loaded (seen by a plugin's own imports)
 
 
 def registry() -> Registry:
-    """The registry of this process: built-in kinds, then installed plugins (loaded once)."""
-    global _REGISTRY
+    """The registry of this process: built-in kinds, then installed plugins (loaded once).
+
+    A plugin module may itself use gradsweep while it is imported (``gradsweep.nn`` looks up its
+    quantisers): that nested call, in the loading thread, gets the registry as loaded so far.
+    """
+    global _REGISTRY, _LOADING
     if _REGISTRY is None:
         with _LOCK:
             if _REGISTRY is None:
-                reg = Registry()
-                reg.load_builtin()
-                reg.load_plugins()
+                if _LOADING is not None:
+                    return _LOADING
+                reg = _LOADING = Registry()
+                try:
+                    reg.load_builtin()
+                    reg.load_plugins()
+                finally:
+                    _LOADING = None
                 _REGISTRY = reg
     return _REGISTRY
 

@@ -34,7 +34,7 @@ name: with-plugin
 problem: {kind: toy_mlp, dim: 5, data: {batch_size: 256, batches: 2}}
 estimator:
   - {kind: tanh_ste, beta: {grid: [1.0, 3.0]}}
-  - {kind: ste, variant: sigmoid, alpha: 2.5}
+  - {kind: ste, variant: gaussian, scale: 0.3}
   - {kind: ste, variant: clipped}
   - {kind: cdg, epsilon: 0.1}
 measure: {lrs: [0.1, 1.0]}
@@ -78,7 +78,7 @@ def test_a_sweep_uses_plugin_kinds_like_builtin_ones(installed_plugin, tmp_path:
     rows = pd.read_parquet(tmp_path / "results" / "with-plugin")
     probe = rows[rows["record"] == "probe"]
     assert len(probe.groupby("cell_id")) == 5
-    plugin_rows = probe[(probe["estimator.kind"] == "tanh_ste") | (probe["estimator.variant"] == "sigmoid")]
+    plugin_rows = probe[(probe["estimator.kind"] == "tanh_ste") | (probe["estimator.variant"] == "gaussian")]
     assert set(plugin_rows["plugins"]) == {"gradsweep-example-plugin==0.1.0"}
     assert probe[probe["estimator.kind"] == "cdg"]["plugins"].isna().all()
 
@@ -91,23 +91,72 @@ def test_a_sweep_uses_plugin_kinds_like_builtin_ones(installed_plugin, tmp_path:
     def tanh_derivative(beta):
         return lambda z: beta * (1 - torch.tanh(beta * z) ** 2)
 
-    def sigmoid_derivative(alpha):
-        return lambda z: 2 * alpha * torch.sigmoid(alpha * z) * (1 - torch.sigmoid(alpha * z))
+    def gaussian_derivative(s):
+        return lambda z: 2 / (s * math.sqrt(2 * math.pi)) * torch.exp(-z * z / (2 * s * s))
 
     expected = {
         ("tanh_ste", 1.0): tanh_derivative(1.0),
         ("tanh_ste", 3.0): tanh_derivative(3.0),
-        ("sigmoid", 2.5): sigmoid_derivative(2.5),
+        ("gaussian", 0.3): gaussian_derivative(0.3),
     }
     for (name, value), derivative in expected.items():
         if name == "tanh_ste":
             cell = probe[(probe["estimator.kind"] == "tanh_ste") & (probe["estimator.beta"] == value)]
         else:
-            cell = probe[(probe["estimator.variant"] == "sigmoid") & (probe["estimator.alpha"] == value)]
+            cell = probe[(probe["estimator.variant"] == "gaussian") & (probe["estimator.scale"] == value)]
         for b, batch in enumerate(batches):
             got = cell[cell["batch"] == b]["grad_norm"].unique()
             assert len(got) == 1
             assert got[0] == pytest.approx(_plain_ste_grad_norm(problem, batch, derivative), rel=1e-9), (name, value, b)
+
+
+CNN_SPEC = """\
+name: plugin-cnn
+problem:
+  kind: torch_module
+  model: {kind: tiny_bnn, width: 2, depth: 2}
+  data: {kind: synthetic_images, image_size: 8, batch_size: 12, batches: 1}
+params: [conv:2]
+estimator:
+  - {kind: cdg, epsilon: 0.05}
+  - {kind: ste, variant: gaussian}
+  - {kind: nes, sigma: 0.1, samples: 20}
+measure: {lrs: [0.1]}
+dtype: float64
+"""
+
+
+def test_cdg_on_the_plugins_binary_cnn_equals_a_plain_loop(installed_plugin, tmp_path: Path) -> None:
+    spec = tmp_path / "cnn.yaml"
+    spec.write_text(CNN_SPEC)
+    run = _gradsweep("run", str(spec), "--results", str(tmp_path / "results"), "--local")
+    assert run.returncode == 0, run.stderr + run.stdout
+    rows = pd.read_parquet(tmp_path / "results" / "plugin-cnn")
+    probe = rows[rows["record"] == "probe"]
+    assert set(probe["estimator.kind"]) == {"cdg", "ste", "nes"}
+    assert set(probe["plugins"]) == {"gradsweep-example-plugin==0.1.0"}
+    got = float(probe[probe["estimator.kind"] == "cdg"]["grad_norm"].iloc[0])
+
+    # the same module and batch, then central differences one coordinate at a time
+    from gradsweep.problems import build_problem
+
+    problem = build_problem({"kind": "torch_module", "model": {"kind": "tiny_bnn", "width": 2, "depth": 2},
+                             "data": {"kind": "synthetic_images", "image_size": 8, "batch_size": 12, "batches": 1}},
+                            seed=0, dtype=torch.float64, device=torch.device("cpu"), cache_dir=tmp_path)
+    module = problem.module
+    (x, y), = problem.batches()
+    weight = dict(module.named_parameters())["features.3.weight"]
+    eps, grads = 0.05, []
+    with torch.no_grad():
+        for i in range(weight.numel()):
+            values = []
+            for sign in (1, -1):
+                saved = weight.view(-1)[i].item()
+                weight.view(-1)[i] = saved + sign * eps
+                values.append(float(torch.nn.functional.cross_entropy(module(x), y)))
+                weight.view(-1)[i] = saved
+            grads.append((values[0] - values[1]) / (2 * eps))
+    assert got == pytest.approx(math.sqrt(sum(g * g for g in grads)), rel=1e-9)
 
 
 def test_a_plugin_parameter_of_the_wrong_type_is_named(installed_plugin, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradsweep.estimators import get
-from gradsweep.estimators.ste import Clipped
+from gradsweep.problems.surrogates import Clipped
 from gradsweep.nn import BinaryConv2d, BinaryLinear, Sign, Ternary, binary_weight, surrogate_scope
 from gradsweep.problems.torch_module import TorchModuleProblem, build, builtin_batches
 

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from gradsweep.declare import (
-    Choice, Group, Param, ProblemCost, activation, positive_float, positive_int, problem, surrogate,
+    REQUIRED,
+    Choice, Group, OneOf, Param, ProblemCost, activation, dataset, positive_float, positive_int, problem,
+    surrogate,
 )
 
 __all__ = ["KINDS", "TOY_PRETRAIN", "XNOR_PRETRAIN", "build_problem", "Problem", "Surrogate", "Point", "Batch", "straight_through"]
@@ -149,6 +151,32 @@ XNOR_PRETRAIN = Group(
 )
 
 # ---------------------------------------------------------------------------------------------
+# Any PyTorch module (models and data from plugins)
+
+
+def _torch_module_cost(cfg: Mapping[str, Any]) -> ProblemCost:
+    """From the model kind's own cost model where it declares one (``cost(params) ->
+    ProblemCost`` of one sample), else a rough 1 MFLOP per sample; layers unknown before the
+    module is built (a selector is then checked by the cell)."""
+    from gradsweep.registry import registry
+
+    data = cfg["data"]
+    batch, batches = int(data.get("batch_size", 1)), int(data.get("batches", 1))
+    model = cfg["model"]
+    declared = registry().kind("model", model["kind"]).cost
+    if declared is None:
+        return ProblemCost(eval_flops=1e6 * batch, params=100_000, batches=batches, memory_bytes=(256 << 20))
+    one = declared({k: v for k, v in model.items() if k != "kind"})
+    return ProblemCost(eval_flops=one.eval_flops * batch, params=one.params, batches=batches, layers=one.layers,
+                       names=one.names, memory_bytes=one.memory_bytes * batch + (256 << 20))
+
+
+_BATCHES = {
+    "batch_size": positive_int("samples per probe batch", 32),
+    "batches": positive_int("probe batches, each drawn from the seed", 2),
+}
+
+# ---------------------------------------------------------------------------------------------
 # The declarations
 
 KINDS = [
@@ -216,6 +244,27 @@ KINDS = [
                 }
             ),
         },
+    ),
+    problem(
+        "torch_module", impl="gradsweep.problems.torch_module:build_declared", cost=_torch_module_cost,
+        doc="any torch.nn.Module from a plugin's model factory, with its binary units marked by "
+            "gradsweep.nn's quantiser modules (docs/plugins.md)",
+        params={
+            "model": OneOf("model", doc="the module factory (a model kind from a plugin) and its parameters"),
+            "data": OneOf("dataset", doc="the probe's batches: a dataset kind and its parameters"),
+            "loss": Param("str", "auto", "auto: cross-entropy for class labels, else MSE",
+                          choices=("auto", "cross_entropy", "mse")),
+        },
+    ),
+    dataset(
+        "synthetic_images", impl="gradsweep.problems.torch_module:builtin_batches",
+        doc="N(0, 1) images labelled by a random teacher CNN (10 classes)",
+        params={**_BATCHES, "image_size": positive_int("side of the images (3 channels)", 8)},
+    ),
+    dataset(
+        "gaussian", impl="gradsweep.problems.torch_module:builtin_batches",
+        doc="x ~ N(0, I) of the given shape; targets: a second module from the same factory (regression)",
+        params={**_BATCHES, "shape": Param("int_list", REQUIRED, "the input shape without the batch axis, e.g. [16]")},
     ),
     # -- activations (the forward of a step unit) -------------------------------------------
     activation("fp", impl="gradsweep.problems.quantizers:identity", doc="full precision: q(x) = x"),

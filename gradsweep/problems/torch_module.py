@@ -810,3 +810,23 @@ def build(
         batches = builtin_batches(c.data_kind, c.data_params, seed=seed, teacher=teacher)
     return TorchModuleProblem(module, batches, loss=c.loss, dtype=dtype, device=device, seed=seed,
                               name=f"problem {c.model_kind!r}")
+
+
+def build_declared(
+    cfg: Mapping[str, Any],
+    *,
+    seed: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    cache_dir: Path | str | None = None,
+) -> TorchModuleProblem:
+    """The implementation of the declared ``torch_module`` kind: :func:`build` with the model
+    factory and the data factory that the registry resolves from ``model.kind`` / ``data.kind``
+    (gradsweep's own data kinds are built in; a plugin's is called as ``factory(**params, seed=)``)."""
+    from gradsweep import registry
+
+    factory = registry.implementation("model", cfg["model"]["kind"])
+    data_kind = registry.kind("dataset", cfg["data"]["kind"])
+    data_factory = None if data_kind.package == "gradsweep" else registry.implementation("dataset", data_kind.name)
+    return build(cfg, seed=seed, dtype=dtype, device=device, cache_dir=cache_dir, factory=factory,
+                 data_factory=data_factory)
