@@ -254,6 +254,14 @@ class TorchModuleProblem(Problem):
         return self._chain_changes(plan, point, index, delta)
 
     # -- the chain's fast path ----------------------------------------------------------------
+    @property
+    def cdg_bytes(self) -> int:
+        """Memory of one chunk of CDG's fast path: 4 x :attr:`chunk_bytes`. Its chunks are many
+        small gathers and elementwise passes, for which bigger chunks paid on this 2-core CPU: a
+        binary conv's 1,152 moves took 2.5-4x longer with 32 MiB chunks than with 128 MiB (under
+        heavy shared load, so the ratio is rough)."""
+        return 4 * self.chunk_bytes
+
     def fast_path(self, layer: str) -> str | None:
         """Why ``layer`` has no chain fast path (None: it has one, structurally)."""
         if self.chain is None:
@@ -321,7 +329,7 @@ class TorchModuleProblem(Problem):
         b = a.shape[0]
         # one moved coordinate holds a column (B, one channel) at every stage up to ``mixing``
         per_coordinate = max(acts[j][0, 0].numel() for j in range(stage + 1, mixing + 1)) * b * a.element_size() * 12
-        chunk = max(1, int(self.chunk_bytes // max(per_coordinate, 1)))
+        chunk = max(1, int(self.cdg_bytes // max(per_coordinate, 1)))
         changes = torch.zeros(index.numel(), device=self.device, dtype=self.dtype)
         channelwise = [(module.get_submodule(chain.targets[j]), chain.targets[j]) for j in range(stage + 1, mixing)]
         rank_one = _rank_one(layer_module, attr, point, plan["layer"], a, acts[stage + 1], pre)
@@ -353,7 +361,7 @@ class TorchModuleProblem(Problem):
         next_linear = (mixing < n_stages and chain.plain_linear(mixing, self.module)
                        and h_in.dim() == (4 if isinstance(self.module.get_submodule(chain.targets[mixing]), nn.Conv2d) else 2))
         per_pair = max(h_in[0].numel(), acts[min(mixing + 1, n_stages)][0].numel()) * h_in.element_size() * 8
-        step = max(1, int(self.chunk_bytes // per_pair))
+        step = max(1, int(self.cdg_bytes // per_pair))
         for first in range(0, b_idx.numel(), step):
             bi, ki = b_idx[first:first + step], k_idx[first:first + step]
             p = bi.numel()
