@@ -371,6 +371,9 @@ def test_build_from_a_factory_and_builtin_data_is_a_function_of_the_seed():
     assert [b[0].shape for b in one.batches()] == [torch.Size([5, 3, 4, 4])] * 2
     assert all(torch.equal(one.point()[n], two.point()[n]) for n in one.point())
     assert not torch.equal(one.point()["conv1.weight"], other.point()["conv1.weight"])
+    fresh = one.train_batch(3)  # step.batches: fresh
+    assert fresh[0].shape == (5, 3, 4, 4) and torch.equal(fresh[0], two.train_batch(3)[0])
+    assert not torch.equal(fresh[0], one.train_batch(4)[0])
 
 
 def test_build_gaussian_data_regresses_on_a_teacher_from_the_same_factory():
