@@ -412,3 +412,28 @@ def test_bad_factories_and_data_are_clear_errors():
     with pytest.raises(ValueError, match=r"data batch 0: expected a pair \(x, y\) of tensors"):
         build({"model": {"kind": "mlp"}, "data": {"kind": "mine"}}, seed=0, dtype=torch.float32, device=cpu,
               factory=binary_mlp, data_factory=lambda seed: [torch.zeros(3)])
+
+
+def test_probe_and_train_experiments_run_on_a_user_module():
+    from gradsweep.experiments import get_experiment
+    from gradsweep.seeding import generator
+
+    problem, _ = cnn_problem()
+    generator_for = lambda *parts: generator(0, *parts)  # noqa: E731
+    probe = get_experiment("probe")
+    for estimator, measure in [
+        ({"kind": "cdg", "epsilon": 0.1}, {"reference": {"kind": "ste", "variant": "clipped"}}),
+        ({"kind": "sr_ste", "tau": 1.0, "samples": 2}, {"evaluate": "estimator"}),  # vmapped stochastic forward
+    ]:
+        rows = probe(problem, get(estimator), {"params": ["conv:2", "linear:1"], "measure": {"lrs": [0.01, 0.1], **measure}},
+                     generator_for=generator_for)
+        probe_rows = rows[rows.record == "probe"]
+        assert len(probe_rows) == 2 and probe_rows.loss_after.notna().all(), estimator
+    cfg = {"model": {"kind": "small_cnn", "channels": 3},
+           "data": {"kind": "synthetic_images", "image_size": 4, "batch_size": 8, "batches": 1}}
+    built = build(cfg, seed=0, dtype=torch.float32, device=torch.device("cpu"), factory=SmallBinaryCNN)
+    step = {"steps": 3, "log_every": 1, "lr": 0.01, "optimizer": "adam", "normalize": True, "batches": "fresh",
+            "decay": None, "switch": None, "patience": 3, "momentum": 0.9}
+    rows = get_experiment("train")(built, get({"kind": "ste", "variant": "clipped"}), {"params": "all", "step": step},
+                                   generator_for=generator_for)
+    assert rows.step.tolist() == [0, 1, 2, 3] and rows.accuracy.between(0, 1).all()
