@@ -3,6 +3,7 @@ kinds: its numbers equal a plain loop written here, and its package is in every 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import subprocess
 import sys
@@ -40,6 +41,23 @@ estimator:
 measure: {lrs: [0.1, 1.0]}
 dtype: float64
 """
+
+
+@contextlib.contextmanager
+def plugin_in_this_process():
+    """The plugin's kinds in this (already started) interpreter too, for as long as the block
+    runs: its folder on sys.path and the registry loaded again; both undone after."""
+    from gradsweep import registry
+
+    sys.path.insert(0, str(PLUGIN))
+    try:
+        registry.reload()
+        yield
+    finally:
+        sys.path.remove(str(PLUGIN))
+        for name in [m for m in sys.modules if m.startswith("gradsweep_example")]:
+            del sys.modules[name]
+        registry.reload()
 
 
 def _gradsweep(*args: str) -> subprocess.CompletedProcess:
@@ -114,7 +132,7 @@ CNN_SPEC = """\
 name: plugin-cnn
 problem:
   kind: torch_module
-  model: {kind: tiny_bnn, width: 2, depth: 2}
+  model: {kind: tiny_bnn, width: 3, depth: 2}
   data: {kind: synthetic_images, image_size: 8, batch_size: 12, batches: 1}
 params: [conv:2]
 estimator:
@@ -127,6 +145,8 @@ dtype: float64
 
 
 def test_cdg_on_the_plugins_binary_cnn_equals_a_plain_loop(installed_plugin, tmp_path: Path) -> None:
+    # width 3: a binary conv sums 27 products of +-1, never exactly 0, so no pre-activation sits on
+    # sign's tie, where the module's own rounding (not the estimator) would decide the step
     spec = tmp_path / "cnn.yaml"
     spec.write_text(CNN_SPEC)
     run = _gradsweep("run", str(spec), "--results", str(tmp_path / "results"), "--local")
@@ -138,11 +158,12 @@ def test_cdg_on_the_plugins_binary_cnn_equals_a_plain_loop(installed_plugin, tmp
     got = float(probe[probe["estimator.kind"] == "cdg"]["grad_norm"].iloc[0])
 
     # the same module and batch, then central differences one coordinate at a time
-    from gradsweep.problems import build_problem
+    with plugin_in_this_process():
+        from gradsweep.problems import build_problem
 
-    problem = build_problem({"kind": "torch_module", "model": {"kind": "tiny_bnn", "width": 2, "depth": 2},
-                             "data": {"kind": "synthetic_images", "image_size": 8, "batch_size": 12, "batches": 1}},
-                            seed=0, dtype=torch.float64, device=torch.device("cpu"), cache_dir=tmp_path)
+        problem = build_problem({"kind": "torch_module", "model": {"kind": "tiny_bnn", "width": 3, "depth": 2},
+                                 "data": {"kind": "synthetic_images", "image_size": 8, "batch_size": 12, "batches": 1}},
+                                seed=0, dtype=torch.float64, device=torch.device("cpu"), cache_dir=tmp_path)
     module = problem.module
     (x, y), = problem.batches()
     weight = dict(module.named_parameters())["features.3.weight"]

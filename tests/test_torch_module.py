@@ -19,6 +19,8 @@ from gradsweep.problems.surrogates import Clipped
 from gradsweep.nn import BinaryConv2d, BinaryLinear, Sign, Ternary, binary_weight, surrogate_scope
 from gradsweep.problems.torch_module import TorchModuleProblem, build, builtin_batches
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small tensors: threads only contend
+
 # ---------------------------------------------------------------------------------------------
 # test-local model factories (a plugin would register these)
 
@@ -101,6 +103,11 @@ def mlp_problem() -> tuple[TorchModuleProblem, nn.Module]:
     y = torch.randn(12, 2, generator=torch.Generator().manual_seed(3))
     reference = copy.deepcopy(module).double().eval()
     return TorchModuleProblem(module, [(x, y)], dtype=torch.float64), reference
+
+
+def some_coordinates(n: int, k: int = 40, seed: int = 0) -> torch.Tensor:
+    """At most ``k`` seeded coordinates of ``n`` (the plain loop is slow on a shared CPU)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k]
 
 
 def loop_changes(module: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], layer: str,
@@ -196,8 +203,9 @@ def test_cnn_cdg_fast_path_matches_the_plain_loop(layer):
     problem, reference = cnn_problem()
     assert problem.fast_path(layer) is None  # structurally on the chain path
     point, batch = problem.point(), next(problem.batches())
-    n = point[layer].numel()
-    index = torch.cat([torch.arange(n), torch.arange(n)])
+    some = some_coordinates(point[layer].numel())
+    n = some.numel()
+    index = torch.cat([some, some])
     delta = torch.cat([torch.full((n,), 0.3), torch.full((n,), -0.05)]).double()
     fast = problem.perturbed_loss_changes(point, batch, layer, index, delta)
     plain = loop_changes(reference, batch, layer, index, delta, F.cross_entropy)
@@ -230,10 +238,64 @@ def test_a_skip_connection_uses_batched_functional_evaluation():
     problem = TorchModuleProblem(module, batches, dtype=torch.float64)
     assert "not a parameter of a layer called once as one stage" in problem.fast_path("conv.weight")
     point, batch = problem.point(), next(problem.batches())
-    index = torch.arange(point["conv.weight"].numel())
+    index = some_coordinates(point["conv.weight"].numel(), 30)
     delta = torch.full(index.shape, 0.5, dtype=torch.float64)
     fast = problem.perturbed_loss_changes(point, batch, "conv.weight", index, delta)
     plain = loop_changes(reference, batch, "conv.weight", index, delta, F.cross_entropy)
+    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-12)
+
+
+class HalfSignConv(BinaryConv2d):
+    """A user's own row-wise weight quantiser: ``sign(W) / 2``."""
+
+    def quantized_weight(self, w: torch.Tensor) -> torch.Tensor:
+        return binary_weight(w, scale=False) / 2
+
+
+class CentredMLP(nn.Module):
+    """A chain whose last stages couple the samples (``h - mean over the batch``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = BinaryLinear(5, 6), Sign(), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.fc1(x))
+        return self.fc2(h - h.mean(0))
+
+
+def test_a_users_own_weight_quantiser_moves_whole_rows():
+    torch.manual_seed(4)
+    module = _randomise_bn(SmallBinaryCNN())
+    module.conv1 = HalfSignConv(4, 4, 3, padding=1, bias=False)
+    batches = builtin_batches("synthetic_images", {"image_size": 5, "batch_size": 6, "batches": 1}, seed=2)
+    reference = copy.deepcopy(module).double().eval()
+    problem = TorchModuleProblem(module, batches, dtype=torch.float64)
+    assert problem.fast_path("conv1.weight") is None
+    point, batch = problem.point(), next(problem.batches())
+    some = some_coordinates(point["conv1.weight"].numel(), 30)
+    delta = torch.where(point["conv1.weight"].flatten()[some] > 0, -0.3, 0.3).double()  # every move flips a sign
+    fast = problem.perturbed_loss_changes(point, batch, "conv1.weight", some, delta)
+    plain = loop_changes(reference, batch, "conv1.weight", some, delta, F.cross_entropy)
+    assert (plain != 0).any()
+    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-12)
+
+
+def test_a_chain_that_couples_samples_is_caught_and_evaluated_in_full():
+    torch.manual_seed(5)
+    module = CentredMLP()
+    x = torch.randn(10, 5, generator=torch.Generator().manual_seed(6))
+    y = torch.randint(0, 3, (10,), generator=torch.Generator().manual_seed(7))
+    reference = copy.deepcopy(module).double().eval()
+    problem = TorchModuleProblem(module, [(x, y)], dtype=torch.float64)
+    point, batch = problem.point(), next(problem.batches())
+    assert problem.fast_path("fc1.weight") is None  # structurally a chain ...
+    assert problem._fast_plan(point, batch, "fc1.weight") is None  # ... but not per sample
+    index = torch.arange(30)
+    delta = torch.full((30,), 0.5, dtype=torch.float64)
+    fast = problem.perturbed_loss_changes(point, batch, "fc1.weight", index, delta)
+    plain = loop_changes(reference, batch, "fc1.weight", index, delta, F.cross_entropy)
+    assert (plain != 0).any()
     torch.testing.assert_close(fast, plain, rtol=0, atol=1e-12)
 
 
@@ -242,10 +304,10 @@ def test_cdg_estimator_on_a_user_module_equals_central_differences_of_the_loop()
     point, batch = problem.point(), next(problem.batches())
     cdg = get({"kind": "cdg", "epsilon": 0.2, "mode": "central"})
     grad = cdg.estimate(problem, point, batch, ["conv1.weight"], torch.Generator())["conv1.weight"]
-    n = point["conv1.weight"].numel()
-    up = loop_changes(reference, batch, "conv1.weight", torch.arange(n), torch.full((n,), 0.2), F.cross_entropy)
-    down = loop_changes(reference, batch, "conv1.weight", torch.arange(n), torch.full((n,), -0.2), F.cross_entropy)
-    torch.testing.assert_close(grad.flatten(), (up - down) / 0.4, rtol=0, atol=1e-11)
+    some = some_coordinates(point["conv1.weight"].numel(), 30, seed=1)
+    up = loop_changes(reference, batch, "conv1.weight", some, torch.full((30,), 0.2), F.cross_entropy)
+    down = loop_changes(reference, batch, "conv1.weight", some, torch.full((30,), -0.2), F.cross_entropy)
+    torch.testing.assert_close(grad.flatten()[some], (up - down) / 0.4, rtol=0, atol=1e-11)
 
 
 def test_ste_on_a_user_module_is_autograd_through_its_own_surrogate():
@@ -309,6 +371,9 @@ def test_build_from_a_factory_and_builtin_data_is_a_function_of_the_seed():
     assert [b[0].shape for b in one.batches()] == [torch.Size([5, 3, 4, 4])] * 2
     assert all(torch.equal(one.point()[n], two.point()[n]) for n in one.point())
     assert not torch.equal(one.point()["conv1.weight"], other.point()["conv1.weight"])
+    fresh = one.train_batch(3)  # step.batches: fresh
+    assert fresh[0].shape == (5, 3, 4, 4) and torch.equal(fresh[0], two.train_batch(3)[0])
+    assert not torch.equal(fresh[0], one.train_batch(4)[0])
 
 
 def test_build_gaussian_data_regresses_on_a_teacher_from_the_same_factory():
@@ -347,3 +412,28 @@ def test_bad_factories_and_data_are_clear_errors():
     with pytest.raises(ValueError, match=r"data batch 0: expected a pair \(x, y\) of tensors"):
         build({"model": {"kind": "mlp"}, "data": {"kind": "mine"}}, seed=0, dtype=torch.float32, device=cpu,
               factory=binary_mlp, data_factory=lambda seed: [torch.zeros(3)])
+
+
+def test_probe_and_train_experiments_run_on_a_user_module():
+    from gradsweep.experiments import get_experiment
+    from gradsweep.seeding import generator
+
+    problem, _ = cnn_problem()
+    generator_for = lambda *parts: generator(0, *parts)  # noqa: E731
+    probe = get_experiment("probe")
+    for estimator, measure in [
+        ({"kind": "cdg", "epsilon": 0.1}, {"reference": {"kind": "ste", "variant": "clipped"}}),
+        ({"kind": "sr_ste", "tau": 1.0, "samples": 2}, {"evaluate": "estimator"}),  # vmapped stochastic forward
+    ]:
+        rows = probe(problem, get(estimator), {"params": ["conv:2", "linear:1"], "measure": {"lrs": [0.01, 0.1], **measure}},
+                     generator_for=generator_for)
+        probe_rows = rows[rows.record == "probe"]
+        assert len(probe_rows) == 2 and probe_rows.loss_after.notna().all(), estimator
+    cfg = {"model": {"kind": "small_cnn", "channels": 3},
+           "data": {"kind": "synthetic_images", "image_size": 4, "batch_size": 8, "batches": 1}}
+    built = build(cfg, seed=0, dtype=torch.float32, device=torch.device("cpu"), factory=SmallBinaryCNN)
+    step = {"steps": 3, "log_every": 1, "lr": 0.01, "optimizer": "adam", "normalize": True, "batches": "fresh",
+            "decay": None, "switch": None, "patience": 3, "momentum": 0.9}
+    rows = get_experiment("train")(built, get({"kind": "ste", "variant": "clipped"}), {"params": "all", "step": step},
+                                   generator_for=generator_for)
+    assert rows.step.tolist() == [0, 1, 2, 3] and rows.accuracy.between(0, 1).all()

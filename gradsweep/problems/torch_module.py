@@ -125,7 +125,7 @@ class TorchModuleProblem(Problem):
         self._runner = _Runner(self.module, self.chain) if self.chain is not None else None
         self._prefix_cache: tuple[tuple, dict[str, Any]] | None = None
         self._activation_bytes: dict[tuple, int] = {}
-        self._per_sample_ok: dict[tuple[str, int], bool] = {}
+        self._per_sample_ok: dict[str, bool] = {}
         self._check_forward()
 
     def _checked_batch(self, batch: Any, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,6 +254,14 @@ class TorchModuleProblem(Problem):
         return self._chain_changes(plan, point, index, delta)
 
     # -- the chain's fast path ----------------------------------------------------------------
+    @property
+    def cdg_bytes(self) -> int:
+        """Memory of one chunk of CDG's fast path: 4 x :attr:`chunk_bytes`. Its chunks are many
+        small gathers and elementwise passes, for which bigger chunks paid on this 2-core CPU: a
+        binary conv's 1,152 moves took 2.5-4x longer with 32 MiB chunks than with 128 MiB (under
+        heavy shared load, so the ratio is rough)."""
+        return 4 * self.chunk_bytes
+
     def fast_path(self, layer: str) -> str | None:
         """Why ``layer`` has no chain fast path (None: it has one, structurally)."""
         if self.chain is None:
@@ -269,15 +277,21 @@ class TorchModuleProblem(Problem):
             return None
         stage, attr = self.chain.owner[layer]
         prefix = self._prefix(point, batch)
-        want = 4 if isinstance(self.module.get_submodule(self.chain.targets[stage]), nn.Conv2d) else 2
-        if prefix["acts"][stage].dim() != want:  # channels on axis 1: (B, C, H, W) or (B, features)
+        owner = self.module.get_submodule(self.chain.targets[stage])
+        dims = prefix["acts"][stage].dim()
+        if isinstance(owner, nn.Conv2d):
+            want = (4,)
+        elif isinstance(owner, nn.Linear):
+            want = (2,)  # channels on axis 1 only for (B, features)
+        else:
+            want = (2, 3, 4, 5)  # BatchNorm: channels on axis 1 whatever the rank
+        if dims not in want:
             return None
         mixing = self.chain.next_mixing(stage, self.module)
-        key = (layer, id(batch[0]))
-        if key not in self._per_sample_ok:
-            self._per_sample_ok[key] = self.chain.all_standard(mixing, self.module) or self._suffix_is_per_sample(
+        if layer not in self._per_sample_ok:  # structural: checked once per layer
+            self._per_sample_ok[layer] = self.chain.all_standard(mixing, self.module) or self._suffix_is_per_sample(
                 point, prefix, mixing)
-        if not self._per_sample_ok[key]:
+        if not self._per_sample_ok[layer]:
             return None
         return {"stage": stage, "attr": attr, "mixing": mixing, "prefix": prefix, "layer": layer}
 
@@ -321,7 +335,7 @@ class TorchModuleProblem(Problem):
         b = a.shape[0]
         # one moved coordinate holds a column (B, one channel) at every stage up to ``mixing``
         per_coordinate = max(acts[j][0, 0].numel() for j in range(stage + 1, mixing + 1)) * b * a.element_size() * 12
-        chunk = max(1, int(self.chunk_bytes // max(per_coordinate, 1)))
+        chunk = max(1, int(self.cdg_bytes // max(per_coordinate, 1)))
         changes = torch.zeros(index.numel(), device=self.device, dtype=self.dtype)
         channelwise = [(module.get_submodule(chain.targets[j]), chain.targets[j]) for j in range(stage + 1, mixing)]
         rank_one = _rank_one(layer_module, attr, point, plan["layer"], a, acts[stage + 1], pre)
@@ -353,7 +367,7 @@ class TorchModuleProblem(Problem):
         next_linear = (mixing < n_stages and chain.plain_linear(mixing, self.module)
                        and h_in.dim() == (4 if isinstance(self.module.get_submodule(chain.targets[mixing]), nn.Conv2d) else 2))
         per_pair = max(h_in[0].numel(), acts[min(mixing + 1, n_stages)][0].numel()) * h_in.element_size() * 8
-        step = max(1, int(self.chunk_bytes // per_pair))
+        step = max(1, int(self.cdg_bytes // per_pair))
         for first in range(0, b_idx.numel(), step):
             bi, ki = b_idx[first:first + step], k_idx[first:first + step]
             p = bi.numel()
@@ -808,8 +822,17 @@ def build(
         if c.data_kind == "gaussian":
             teacher = make_module(factory, c.model_params, seed=seed, role="teacher", kind=c.model_kind).to(torch.float64)
         batches = builtin_batches(c.data_kind, c.data_params, seed=seed, teacher=teacher)
-    return TorchModuleProblem(module, batches, loss=c.loss, dtype=dtype, device=device, seed=seed,
-                              name=f"problem {c.model_kind!r}")
+    problem = TorchModuleProblem(module, batches, loss=c.loss, dtype=dtype, device=device, seed=seed,
+                                 name=f"problem {c.model_kind!r}")
+    if data_factory is None:  # built-in data can draw fresh training batches (``step.batches: fresh``)
+        one = {**c.data_params, "batches": 1}
+
+        def train_batch(step: int) -> Batch:
+            x, y = builtin_batches(c.data_kind, one, seed=seed, teacher=teacher, part=f"train{step}")[0]
+            return problem._checked_batch((x, y), step)
+
+        problem.train_batch = train_batch  # type: ignore[attr-defined]
+    return problem
 
 
 def build_declared(
