@@ -1021,8 +1021,12 @@ def read_results(
     unknown = [n for n in names if n not in schema.names]
     if unknown:
         raise ValueError(f"columns: not in the results schema: {', '.join(unknown)}")
-    # a filter may name columns not asked for: read them all, then select
-    read_names = list(schema.names) if filter is not None else names
+    # a filter may name columns not asked for: read those too (every column whose name appears in
+    # the expression's text: a superset, since pyarrow does not list an expression's fields)
+    read_names = names
+    if filter is not None:
+        text = str(filter)
+        read_names = names + [n for n in schema.names if n not in names and n in text]
     out_schema = pa.schema([schema.field(n) for n in names])
     files = results_files(path)
     paths = list(files.paths)
