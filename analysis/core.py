@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from gradsweep import catalog
 from gradsweep.catalog import Group, Union
 from gradsweep.results_schema import METRIC_FIELDS, param_fields, results_schema
+from gradsweep.store import bookkeeping_location
 
 __all__ = [
     "Figure", "ResultsData", "ResultsError", "load_results", "format_value", "short_name",
@@ -323,7 +324,7 @@ def _cell_top() -> Group:
 
 def _read_failures(folder: Path) -> list[Failure]:
     out = []
-    for path in sorted((folder / "_gradsweep" / "failures").glob("*.json")):
+    for path in sorted((Path(bookkeeping_location(folder)) / "failures").glob("*.json")):
         try:
             record = json.loads(path.read_text())
             error = str(record.get("error", "")).strip().splitlines()
@@ -406,7 +407,7 @@ def load_results(folder: str | Path) -> ResultsData:
     rows.insert(0, "cell_id", pd.Categorical.from_codes(codes, categories=cells.index))
     rows["config"] = cells["config"].to_numpy()[codes]
 
-    spec_path = folder / "_gradsweep" / "spec.yaml"
+    spec_path = Path(bookkeeping_location(folder)) / "spec.yaml"
     spec_text = spec_path.read_text() if spec_path.is_file() else None
     expected, note = _expected_cells(spec_path)
     sweep_names = pc.unique(table["sweep"]).to_pylist()

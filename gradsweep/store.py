@@ -45,7 +45,7 @@ from gradsweep.results_schema import flatten_cell, results_schema
 
 __all__ = [
     "StoreError", "LockHeld", "SweepStore", "Scan", "ResultsFiles", "cell_table", "encode_cell",
-    "read_results", "results_files", "meta_location", "report_location", "load", "META_SUFFIX",
+    "read_results", "results_files", "meta_location", "bookkeeping_location", "report_location", "load", "META_SUFFIX",
     "REPORT_SUFFIX", "LEGACY_META_DIR",
 ]
 
@@ -98,6 +98,17 @@ def meta_location(folder: str | os.PathLike[str]) -> str:
     Same scheme as ``folder`` (a local path stays a path, ``s3://...`` stays a URI).
     """
     return _strip(folder) + META_SUFFIX
+
+
+def bookkeeping_location(folder: str | os.PathLike[str]) -> str:
+    """The bookkeeping folder a reader should open for ``folder``: :func:`meta_location`, or the
+    legacy ``<folder>/_gradsweep`` of a folder written before the layout change (until the next run
+    moves it). Holds ``spec.yaml`` and ``failures/<cell_id>.json``."""
+    fs, path = _ensure_fs(folder)
+    if fs.get_file_info(path + META_SUFFIX).type != pafs.FileType.Directory:
+        if fs.get_file_info(f"{path}/{LEGACY_META_DIR}").type == pafs.FileType.Directory:
+            return f"{_strip(folder)}/{LEGACY_META_DIR}"
+    return meta_location(folder)
 
 
 def report_location(folder: str | os.PathLike[str]) -> str:
