@@ -477,11 +477,9 @@ def _sweep_from_text(text: str, source: str) -> Any:
 
 
 def _split_folder(folder: str | os.PathLike[str]) -> tuple[str, str]:
-    text = os.fspath(folder).rstrip("/")
-    if "://" not in text:
-        text = os.path.abspath(text)
-    root, _, name = text.rpartition("/")
-    return root or "/", name
+    from gradsweep.store import split_location
+
+    return split_location(folder)
 
 
 def load_stored_sweep(folder: str | os.PathLike[str]) -> tuple[Any, str]:

@@ -45,7 +45,8 @@ from gradsweep.results_schema import flatten_cell, results_schema
 
 __all__ = [
     "StoreError", "LockHeld", "SweepStore", "Scan", "ResultsFiles", "cell_table", "encode_cell",
-    "read_results", "results_files", "meta_location", "bookkeeping_location", "report_location", "load", "META_SUFFIX",
+    "read_results", "results_files", "meta_location", "bookkeeping_location", "report_location",
+    "join_location", "split_location", "load", "META_SUFFIX",
     "REPORT_SUFFIX", "LEGACY_META_DIR",
 ]
 
@@ -91,13 +92,32 @@ def _strip(location: str | os.PathLike[str]) -> str:
     return text.rstrip("/") or text
 
 
+def _with_suffix(location: str | os.PathLike[str], suffix: str) -> str:
+    """``location`` + ``suffix``, before a URI's query (``s3://b/r/x?endpoint_override=...``)."""
+    base, sep, query = _strip(location).partition("?")
+    return base.rstrip("/") + suffix + sep + query
+
+
+def join_location(root: str | os.PathLike[str], name: str) -> str:
+    """``<root>/<name>`` for a path or a URI, keeping a URI's query (its endpoint, its region) at the end."""
+    base, sep, query = os.fspath(root).partition("?")
+    return f"{base.rstrip('/')}/{name}{sep}{query}"
+
+
+def split_location(folder: str | os.PathLike[str]) -> tuple[str, str]:
+    """``(root, name)`` of a sweep folder ``<root>/<name>`` (a path, or a URI with its query kept on the root)."""
+    base, sep, query = _strip(folder).partition("?")
+    root, _, name = base.rstrip("/").rpartition("/")
+    return (root or "/") + sep + query, name
+
+
 def meta_location(folder: str | os.PathLike[str]) -> str:
     """Where the bookkeeping of the sweep folder ``<results>/<name>`` lives: ``<results>/<name>.gradsweep``.
 
     A sibling of the data folder, not inside it, so that every Parquet reader sees cell files only.
     Same scheme as ``folder`` (a local path stays a path, ``s3://...`` stays a URI).
     """
-    return _strip(folder) + META_SUFFIX
+    return _with_suffix(folder, META_SUFFIX)
 
 
 def bookkeeping_location(folder: str | os.PathLike[str]) -> str:
@@ -107,13 +127,13 @@ def bookkeeping_location(folder: str | os.PathLike[str]) -> str:
     fs, path = _ensure_fs(folder)
     if fs.get_file_info(path + META_SUFFIX).type != pafs.FileType.Directory:
         if fs.get_file_info(f"{path}/{LEGACY_META_DIR}").type == pafs.FileType.Directory:
-            return f"{_strip(folder)}/{LEGACY_META_DIR}"
+            return join_location(_strip(folder), LEGACY_META_DIR)
     return meta_location(folder)
 
 
 def report_location(folder: str | os.PathLike[str]) -> str:
     """Where ``gradsweep report`` writes the report of ``<results>/<name>``: ``<results>/<name>.report``."""
-    return _strip(folder) + REPORT_SUFFIX
+    return _with_suffix(folder, REPORT_SUFFIX)
 
 
 def _now() -> str:
@@ -333,8 +353,7 @@ class SweepStore:
     @classmethod
     def for_sweep(cls, results: str | os.PathLike[str], name: str) -> "SweepStore":
         """The folder of sweep ``name`` under the results root ``results``."""
-        root = os.fspath(results).rstrip("/")
-        return cls(f"{root}/{name}")
+        return cls(join_location(results, name))
 
     @property
     def name(self) -> str:
@@ -805,7 +824,7 @@ class SweepStore:
                 f.write(data)
             return True
         if self.fs.type_name == "s3":
-            return _s3_put_if_absent(self.fs, path, data)
+            return _s3_put_if_absent(self.location, path, data)
         # other object stores: check, then write (two drivers starting in the same instant can race)
         if self._info(path).type != pafs.FileType.NotFound:
             return False
@@ -867,13 +886,15 @@ class SweepStore:
         return out
 
 
-def _s3_put_if_absent(fs: pafs.FileSystem, path: str, data: bytes) -> bool:
+def _s3_put_if_absent(location: str, path: str, data: bytes) -> bool:
     """Create the S3 object ``bucket/key`` only if it does not exist; False if it does.
 
     pyarrow's S3 file system has no conditional write, so this goes through boto3 (``pip install
     gradsweep[s3]``), with the endpoint and credentials from the usual ``AWS_*`` variables, as
-    pyarrow takes them. S3 answers 412 to a second ``If-None-Match: *`` PUT of a key, atomically.
+    pyarrow takes them, or from the location's ``endpoint_override`` / ``region`` / ``scheme``
+    query. S3 answers 412 to a second ``If-None-Match: *`` PUT of a key, atomically.
     """
+    from urllib.parse import parse_qs
     try:
         import boto3
         from botocore.exceptions import ClientError
@@ -882,7 +903,12 @@ def _s3_put_if_absent(fs: pafs.FileSystem, path: str, data: bytes) -> bool:
             "results: a lock on S3 needs boto3 for its conditional create (pip install 'gradsweep[s3]')"
         ) from exc
     bucket, _, key = path.partition("/")
-    client = boto3.client("s3", region_name=getattr(fs, "region", None) or os.environ.get("AWS_DEFAULT_REGION"))
+    query = {k: v[-1] for k, v in parse_qs(location.partition("?")[2]).items()}
+    endpoint = query.get("endpoint_override")
+    if endpoint and "://" not in endpoint:
+        endpoint = f"{query.get('scheme', 'https')}://{endpoint}"
+    client = boto3.client("s3", region_name=query.get("region") or os.environ.get("AWS_DEFAULT_REGION"),
+                          endpoint_url=endpoint or None)
     try:
         client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
     except ClientError as exc:
@@ -922,8 +948,8 @@ class ResultsFiles:
     def sweep_folders(self) -> list[str]:
         """The sweep folders (locations, same scheme as :attr:`location`) that hold these files."""
         folders = sorted({p.rsplit("/", 1)[0] for p in self.paths})
-        prefix = self.location.rstrip("/")
-        return [prefix + f[len(self.base):] for f in folders]
+        return [join_location(self.location, f[len(self.base) :].strip("/")) if f != self.base else self.location
+                for f in folders]
 
     def __len__(self) -> int:
         return len(self.paths)

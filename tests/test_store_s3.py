@@ -258,3 +258,17 @@ def test_a_reader_never_sees_half_an_object_while_large_cells_upload_in_parts(s3
         watcher.join()
     assert set(seen) <= set(ids) and all(reason is None for reason in seen.values()), seen
     assert all(store.verify_cell(cid) is None for cid in ids)
+
+
+def test_an_endpoint_given_in_the_uri_works_without_aws_endpoint_url(
+    s3: dict[str, str], tiny_spec: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    host = s3["AWS_ENDPOINT_URL"].removeprefix("http://")
+    results = f"s3://{s3['bucket']}/uri?endpoint_override={host}&scheme=http"
+    sweep = load_spec(tiny_spec)
+    assert run(sweep, results, _local(), stream=io.StringIO()).done == 8  # the lock too goes to this endpoint
+    folder = f"s3://{s3['bucket']}/uri/tiny?endpoint_override={host}&scheme=http"
+    assert len(status(folder).plan.done) == 8
+    assert resume(folder, _local(), stream=io.StringIO()).ran == 0
+    assert read_results(folder).num_rows == 8 * 3
