@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_read.py                    # 20,000 and 100,000 cells
     .venv/bin/python benchmarks/bench_read.py --cells 2000 --dataset   # also the plain pyarrow.dataset read
+    .venv/bin/python benchmarks/bench_read.py --modes quick verify     # the checks of plan/status and run/resume
 
 Each folder is made quickly by writing cell files directly, not by running cells: one real tiny
 cell (2 probe rows, the declared 130-column schema, snappy) is encoded once as a template whose
@@ -82,6 +83,12 @@ if mode == "dataset":  # what read_results did before: one dataset over every fi
     from gradsweep.results_schema import results_schema
     from gradsweep.store import results_files
     table = ds.dataset(list(results_files(folder).paths), format="parquet", schema=results_schema()).to_table()
+elif mode in ("quick", "verify"):  # what plan/status (quick) and run/resume (verify) check per file
+    from gradsweep.store import SweepStore
+    scan = SweepStore(folder).scan(full=mode == "verify")
+    assert not scan.invalid, list(scan.invalid.items())[:3]
+    import pyarrow as pa
+    table = pa.table({"cell_id": sorted(scan.done)})
 else:
     from gradsweep.store import read_results
     kwargs = {"columns": ["cell_id", "lr", "loss_decrease"]} if mode == "columns" else {}
@@ -107,7 +114,8 @@ def main() -> None:
     parser.add_argument("--cells", type=int, nargs="+", default=[20_000, 100_000])
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "gradsweep-bench-read")
     parser.add_argument("--dataset", action="store_true", help="also time the plain pyarrow.dataset read (the old way)")
-    parser.add_argument("--modes", nargs="+", default=["all", "columns", "filter"])
+    parser.add_argument("--modes", nargs="+", default=["all", "columns", "filter"],
+                        help="all | columns | filter (read_results), quick | verify (the scans of plan and run)")
     args = parser.parse_args()
     print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for cells in args.cells:
