@@ -383,6 +383,7 @@ class SweepStore:
         #: where folders made before the layout change kept it; read, and moved by :meth:`create`
         self.legacy_meta = f"{self.path}/{LEGACY_META_DIR}"
         self._lock_token: str | None = None
+        self._failed: set[str] | None = None  # object stores: the cells with a failure record, read once
 
     @classmethod
     def for_sweep(cls, results: str | os.PathLike[str], name: str) -> "SweepStore":
@@ -413,20 +414,25 @@ class SweepStore:
 
         Local file systems: to a temporary name in ``<name>.gradsweep/tmp/`` (never in the data
         folder, which Polars reads whole), then renamed into place. Object stores: one PUT of the
-        final key, which S3 and GCS make visible only once complete; the size is checked after.
-        ``what`` names the action in the error.
+        final key (or one multipart upload, for large files), which S3 and GCS make visible only
+        once complete. pyarrow cannot abort an upload (closing a failed stream completes it with
+        the parts sent so far), so after a failed write the key is deleted. ``what`` names the
+        action in the error.
         """
         if self.object_store:
+            out = None
             try:
                 out = self.fs.open_output_stream(path)
                 out.write(data)
                 out.close()
-                size = self._info(path).size
             except OSError as exc:
-                raise self._error(what, path, exc) from exc
-            if size != len(data):
+                if out is not None:
+                    try:
+                        out.close()
+                    except OSError:
+                        pass
                 self._discard(path)
-                raise StoreError(f"results: cannot {what} {path}: {size} bytes arrived of {len(data)}")
+                raise self._error(what, path, exc) from exc
             return
         tmp = f"{self.meta}/tmp/{path.rsplit('/', 1)[1]}.{os.getpid()}.tmp"
         try:
@@ -737,6 +743,8 @@ class SweepStore:
         data = {"cell_id": cell_id, "time": _now(), **record}
         data["attempts"] = int(previous.get("attempts", 0)) + int(record.get("attempts", 1))
         self._write_bytes(self.failure_path(cell_id), json.dumps(data, indent=1, default=str).encode())
+        if self._failed is not None:
+            self._failed.add(cell_id)
 
     def failures(self) -> dict[str, dict[str, Any]]:
         """``{cell_id: failure record}`` of the cells whose last run failed (either layout)."""
@@ -757,14 +765,26 @@ class SweepStore:
         return out
 
     def clear_failure(self, cell_id: str) -> None:
-        for path in (self.failure_path(cell_id), f"{self.legacy_meta}/failures/{cell_id}.json"):
-            if self.local:
+        """Remove a cell's failure record (it succeeded).
+
+        On object stores the records are listed once, not looked up per cell: a request per
+        written cell would cost the driver minutes on 100,000 cells.
+        """
+        paths = (self.failure_path(cell_id), f"{self.legacy_meta}/failures/{cell_id}.json")
+        if self.local:
+            for path in paths:
                 try:
                     os.unlink(path)
                 except FileNotFoundError:
                     pass
-            elif self._info(path).type == pafs.FileType.File:
-                self._discard(path)
+            return
+        if self._failed is None:
+            self._failed = set(self.failures())
+        if cell_id in self._failed:
+            for path in paths:
+                if self._info(path).type == pafs.FileType.File:
+                    self._discard(path)
+            self._failed.discard(cell_id)
 
     # -- the spec ----------------------------------------------------------------------------
     @property
