@@ -676,7 +676,9 @@ class SweepStore:
             return reason
 
         items = sorted(files.items())
-        reasons = _parallel_map(check, items, _threads() if full else 1)
+        # local: threads help only to decode pages; object stores: every check is a request, so many
+        threads = 16 if self.object_store else (_threads() if full else 1)
+        reasons = _parallel_map(check, items, threads)
         for (cell_id, _), reason in zip(items, reasons):
             if reason is None:
                 out.done.add(cell_id)
@@ -1119,9 +1121,10 @@ def read_results(
     paths = list(files.paths)
     parts: list[pa.Table] = []
     bad: list[str] = []
+    threads = 16 if _is_object_store(files.fs) else _threads()  # object stores: requests, not CPU
     for group in _groups(paths, READ_GROUP):
         tables = []
-        for result in _parallel_map(lambda p: _read_one(files, p, read_names, schema), group, _threads()):
+        for result in _parallel_map(lambda p: _read_one(files, p, read_names, schema), group, threads):
             (bad.append if isinstance(result, str) else tables.append)(result)
         if not tables:
             continue
