@@ -170,7 +170,8 @@ class Plan:
             lines.append(f"  since the stored spec: {self.added} cells added")
         if self.dropped:
             lines.append(f"  dropped: {len(self.dropped)} cell files in the folder are not in this spec (kept)")
-        lines.append(self.checked)
+        if self.done or self.invalid:
+            lines.append(self.checked)
         lines.append(f"  {'problem':<16}{'estimator':<16}{'cells':>9}{'done':>9}{'failed':>9}{'pending':>9}")
         for (pkind, ekind), c in sorted(self.by_kind.items()):
             lines.append(
@@ -533,7 +534,8 @@ class Status:
                 lines.append(f"    {cell_id}  {reason}")
             if len(p.invalid) > 20:
                 lines.append(f"    ... and {len(p.invalid) - 20} more")
-        lines.append(p.checked)
+        if p.done or p.invalid:
+            lines.append(p.checked)
         if self.lock:
             lines.append(
                 f"  being run by pid {self.lock.get('pid')} on {self.lock.get('host')} since {self.lock.get('started')}"
