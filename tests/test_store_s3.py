@@ -272,3 +272,43 @@ def test_an_endpoint_given_in_the_uri_works_without_aws_endpoint_url(
     assert len(status(folder).plan.done) == 8
     assert resume(folder, _local(), stream=io.StringIO()).ran == 0
     assert read_results(folder).num_rows == 8 * 3
+
+
+def test_an_upload_that_fails_half_way_leaves_no_object(s3: dict[str, str], tiny_spec: Path, monkeypatch):
+    from gradsweep.store import StoreError
+
+    cell = load_spec(tiny_spec).cells[0]
+    store = SweepStore(f"{s3['results']}/tiny")
+    store.create()
+    real = store.fs
+
+    class HalfWay:
+        """pyarrow's S3 file system, whose uploads fail after sending half their bytes."""
+
+        def open_output_stream(self, path: str, *args, **kwargs):
+            stream = real.open_output_stream(path, *args, **kwargs)
+
+            class Failing:
+                def write(self, data):
+                    stream.write(data[: len(data) // 2])
+                    raise OSError("connection reset by peer")
+
+                def close(self):
+                    stream.close()  # what pyarrow does when a failed stream is closed: it completes the upload
+
+            return Failing()
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    monkeypatch.setattr(store, "fs", HalfWay())
+    data = encode_cell(cell_table("tiny", cell.id, cell.config, _rows_of_one(), {}))
+    with pytest.raises(StoreError, match=rf"cannot write the cell file .*{cell.id}.parquet: connection reset"):
+        store.write_cell(cell.id, data)
+    assert _cell_keys(s3) == []  # the half object that closing published is gone
+
+
+def _rows_of_one():
+    import pandas as pd
+
+    return pd.DataFrame({"record": ["probe"], "batch": [0], "lr": [0.1], "loss_decrease": [0.5]})
