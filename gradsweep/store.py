@@ -734,7 +734,9 @@ class SweepStore:
 
     @property
     def failures_location(self) -> str:
-        return f"{self.meta_location}/failures"
+        """Where the failure records are, as the user names it (the legacy place until a run moves it)."""
+        base, sep, query = bookkeeping_location(self.location).partition("?")
+        return f"{base}/failures{sep}{query}"
 
     def record_failure(self, cell_id: str, record: Mapping[str, Any]) -> None:
         """Keep a cell's failure (error, traceback, attempts, host, time) until it succeeds.
