@@ -312,3 +312,24 @@ def _rows_of_one():
     import pandas as pd
 
     return pd.DataFrame({"record": ["probe"], "batch": [0], "lr": [0.1], "loss_decrease": [0.5]})
+
+
+def test_a_folder_of_the_previous_layout_on_s3_is_read_then_moved(s3: dict[str, str], tiny_spec: Path):
+    sweep = load_spec(tiny_spec)
+    run(sweep, s3["results"], _local(fail_cells=frozenset({sweep.cells[0].id})), stream=io.StringIO())
+    client, bucket = boto3.client("s3"), s3["bucket"]
+    for key in _keys(bucket, "results/tiny.gradsweep/"):  # as the previous version laid it out
+        if not key.endswith("/"):
+            dest = key.replace("results/tiny.gradsweep/", "results/tiny/_gradsweep/")
+            client.copy_object(Bucket=bucket, Key=dest, CopySource={"Bucket": bucket, "Key": key})
+        client.delete_object(Bucket=bucket, Key=key)
+    folder = f"{s3['results']}/tiny"
+    st = status(folder)
+    assert len(st.plan.done) == 7 and st.plan.failed == {sweep.cells[0].id}
+    assert st.failures_folder == f"{folder}/_gradsweep/failures"
+
+    again = resume(folder, _local(), stream=io.StringIO())
+    assert again.ran == 1 and again.exit_code == 0
+    assert not _keys(bucket, "results/tiny/_gradsweep/")
+    assert "results/tiny.gradsweep/spec.yaml" in _keys(bucket, "results/tiny.gradsweep/")
+    assert read_results(folder).num_rows == 8 * 3
