@@ -145,6 +145,8 @@ def _folder_arguments(p: argparse.ArgumentParser) -> None:
 def _status_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", help="a sweep's results folder, RESULTS/NAME, or a job id printed by `gradsweep submit`")
     p.add_argument("--address", default=None, help="with a job id: the cluster's dashboard, http://HEAD:8265")
+    p.add_argument("--verify", action="store_true",
+                   help="read every page of every cell file and check its checksum, as run and resume do (slower)")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -155,7 +157,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if is_job_id(args.folder):
         return cmd_job_status(args.folder, args.address)
 
-    st = status(args.folder)
+    st = status(args.folder, verify=args.verify)
     print(st.format())
     return EXIT_OK if len(st.plan.done) == st.plan.total else EXIT_FAILED
 

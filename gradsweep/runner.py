@@ -114,6 +114,17 @@ class Plan:
     estimate_seconds: float
     estimate_source: str
     peak_memory_bytes: float = 0.0
+    verified: bool = False  # every data page of the done cells read and its checksum checked
+
+    @property
+    def checked(self) -> str:
+        """How the done cells were checked, for the output: ``plan`` and ``status`` must say what they skipped."""
+        if self.verified:
+            return "  cell files verified: every data page read and its checksum checked"
+        return (
+            "  cell files checked by their ends and the cell id in their footers; data pages not "
+            "verified (run and resume verify them)"
+        )
 
     @property
     def pending(self) -> int:
@@ -131,6 +142,8 @@ class Plan:
             lines.append(f"  since the stored spec: {self.added} cells added")
         if self.dropped:
             lines.append(f"  dropped: {len(self.dropped)} cell files in the folder are not in this spec (kept)")
+        if self.done or self.invalid:
+            lines.append(self.checked)
         lines.append(f"  {'problem':<16}{'estimator':<16}{'cells':>9}{'done':>9}{'failed':>9}{'pending':>9}")
         for (pkind, ekind), c in sorted(self.by_kind.items()):
             lines.append(
@@ -196,7 +209,8 @@ def _stored_ids(store: SweepStore) -> set[str] | None:
 def plan(sweep: Any, results: str | os.PathLike[str], *, full: bool = False) -> Plan:
     """Compare ``sweep`` (a ``gradsweep.spec.Sweep``) with ``<results>/<sweep.name>``. Runs nothing.
 
-    ``full=True`` parses every cell file's footer (as ``run`` does) instead of checking its ends.
+    ``full=True`` reads every page of every cell file and checks its checksum (as ``run`` does)
+    instead of checking each file's ends and the cell id in its footer.
     """
     store = SweepStore.for_sweep(results, sweep.name)
     scan = store.scan(full=full)
@@ -259,7 +273,7 @@ def plan(sweep: Any, results: str | os.PathLike[str], *, full: bool = False) -> 
         sweep=sweep.name, folder=store.location, total=len(in_spec), done=done, failed=failed,
         todo=todo, invalid={k: v for k, v in scan.invalid.items()}, dropped=(scan.done - in_spec),
         added=added, by_kind=by_kind, estimate_seconds=estimate, estimate_source=source,
-        peak_memory_bytes=peak_memory,
+        peak_memory_bytes=peak_memory, verified=scan.verified,
     )
 
 
@@ -460,11 +474,9 @@ def _sweep_from_text(text: str, source: str) -> Any:
 
 
 def _split_folder(folder: str | os.PathLike[str]) -> tuple[str, str]:
-    text = os.fspath(folder).rstrip("/")
-    if "://" not in text:
-        text = os.path.abspath(text)
-    root, _, name = text.rpartition("/")
-    return root or "/", name
+    from gradsweep.store import split_location
+
+    return split_location(folder)
 
 
 def load_stored_sweep(folder: str | os.PathLike[str]) -> tuple[Any, str]:
@@ -511,7 +523,15 @@ class Status:
             + (f", dropped from the spec {len(p.dropped)}" if p.dropped else ""),
         ]
         if p.invalid:
-            lines.append(f"  {len(p.invalid)} cell files are corrupt or truncated (run/resume moves them aside and re-runs)")
+            lines.append(
+                f"  {len(p.invalid)} cell files are corrupt, truncated or misnamed (run/resume moves them aside and re-runs):"
+            )
+            for cell_id, reason in sorted(p.invalid.items())[:20]:
+                lines.append(f"    {cell_id}  {reason}")
+            if len(p.invalid) > 20:
+                lines.append(f"    ... and {len(p.invalid) - 20} more")
+        if p.done or p.invalid:
+            lines.append(p.checked)
         if self.lock:
             lines.append(
                 f"  being run by pid {self.lock.get('pid')} on {self.lock.get('host')} since {self.lock.get('started')}"
@@ -525,9 +545,13 @@ class Status:
         return "\n".join(lines)
 
 
-def status(folder: str | os.PathLike[str]) -> Status:
-    """Done / failed / pending of the spec stored in ``folder``."""
+def status(folder: str | os.PathLike[str], *, verify: bool = False) -> Status:
+    """Done / failed / pending of the spec stored in ``folder``.
+
+    Fast by default: cell files are checked by their ends and the cell id in their footers, and
+    the output says so; ``verify=True`` reads every page as ``run`` and ``resume`` do.
+    """
     sweep, root = load_stored_sweep(folder)
-    p = plan(sweep, root)
+    p = plan(sweep, root, full=verify)
     store = SweepStore(folder)
-    return Status(p, store.failures(), f"{store.meta}/failures", store.lock_holder())
+    return Status(p, store.failures(), store.failures_location, store.lock_holder())

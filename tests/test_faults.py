@@ -55,7 +55,7 @@ def test_a_driver_killed_mid_sweep_resumes_to_every_cell_exactly_once(
             driver.wait()
     before = {p.stem for p in folder.glob("*.parquet")}
     assert 2 <= len(before) < 8, "the driver must be killed mid-sweep"
-    assert (folder / "_gradsweep" / "lock").exists()  # a dead driver's lock stays behind
+    assert (tmp_path / "killed" / "tiny.gradsweep" / "lock").exists()  # a dead driver's lock stays behind
 
     out = io.StringIO()
     result = resume(folder, RayExecutor(hooks=FaultHooks()), stream=out)

@@ -40,9 +40,10 @@ def test_run_computes_every_cell_once_and_a_second_run_computes_nothing(tiny_spe
     second = _run(tiny_spec, tmp_path)
     assert second.ran == 0 and second.exit_code == 0
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.parquet")} == mtimes
-    assert (folder / "_gradsweep" / "spec.yaml").read_text() == TINY_SPEC
-    assert len(list((folder / "_gradsweep" / "specs").glob("*.yaml"))) >= 1
-    assert not (folder / "_gradsweep" / "lock").exists()
+    assert (tmp_path / "tiny.gradsweep" / "spec.yaml").read_text() == TINY_SPEC
+    assert len(list((tmp_path / "tiny.gradsweep" / "specs").glob("*.yaml"))) >= 1
+    assert not (tmp_path / "tiny.gradsweep" / "lock").exists()
+    assert sorted(p.suffix for p in folder.iterdir()) == [".parquet"] * 8  # the data folder holds cell files only
     table = read_results(folder)
     assert table.num_rows == 8 * 3 and set(table.column("cell_id").to_pylist()) == {c.id for c in load_spec(tiny_spec).cells}
     p = plan(load_spec(tiny_spec), tmp_path)
@@ -94,7 +95,7 @@ def test_corrupt_and_truncated_cell_files_are_quarantined_and_rerun(tiny_spec: P
     result = run(load_spec(tiny_spec), tmp_path, LocalExecutor(hooks=FaultHooks()), stream=out)
     assert result.ran == 2 and set(result.quarantined) == {truncated.stem, corrupt.stem}
     assert "moved to" in out.getvalue()
-    quarantined = sorted(p.name for p in (folder / "_gradsweep" / "quarantine").iterdir())
+    quarantined = sorted(p.name for p in (tmp_path / "tiny.gradsweep" / "quarantine").iterdir())
     assert len(quarantined) == 2  # kept, never deleted
     assert truncated.read_bytes()[:4] == b"PAR1" and len(read_results(folder)) == 24
 
@@ -135,7 +136,7 @@ def test_ctrl_c_stops_cleanly_keeping_finished_cells(tiny_spec: Path, tmp_path: 
     assert "interrupted" in err and "Traceback" not in err
     done = list(folder.glob("*.parquet"))
     assert 2 <= len(done) < 8
-    assert not list(folder.glob(".*.tmp")) and not (folder / "_gradsweep" / "lock").exists()
+    assert not list((tmp_path / "tiny.gradsweep" / "tmp").glob("*")) and not (tmp_path / "tiny.gradsweep" / "lock").exists()
     assert len(read_results(folder)) == 3 * len(done)
 
 

@@ -60,7 +60,7 @@ def test_written_cells_read_back_as_one_table_and_temporary_files_are_invisible(
     store.create()
     for i, cell in enumerate(cells[:3]):
         store.write_cell(cell.id, _table(cell, float(i)))
-    (tmp_path / "tiny" / f".{cells[3].id}.parquet.tmp").write_bytes(b"half a file")
+    (tmp_path / "tiny.gradsweep" / "tmp" / f"{cells[3].id}.parquet.1.tmp").write_bytes(b"half a file")
     assert set(store.cell_files()) == {c.id for c in cells[:3]}
     table = read_results(tmp_path / "tiny")
     assert table.num_rows == 6 and table.schema.equals(results_schema(), check_metadata=False)
@@ -101,11 +101,13 @@ def test_truncated_and_corrupt_files_are_detected_by_both_checks(tmp_path: Path,
     assert full.done == {good.id} and "footer" in full.invalid[bad_footer.id]
 
 
-def test_a_cell_file_holding_another_cell_is_invalid(tmp_path: Path, cells):
+def test_a_cell_file_holding_another_cell_is_invalid_for_every_check(tmp_path: Path, cells):
     store = SweepStore(tmp_path / "tiny")
     store.create()
     store.write_cell(cells[1].id, _table(cells[0]))
-    assert "holds cell" in store.full_check(cells[1].id)
+    size = Path(store.cell_path(cells[1].id)).stat().st_size
+    for reason in (store.quick_check(cells[1].id, size), store.full_check(cells[1].id), store.verify_cell(cells[1].id)):
+        assert reason is not None and f"holds cell {cells[0].id!r}, not {cells[1].id!r}" in reason
 
 
 def test_quarantine_moves_the_file_aside_and_keeps_it(tmp_path: Path, cells):
@@ -114,7 +116,8 @@ def test_quarantine_moves_the_file_aside_and_keeps_it(tmp_path: Path, cells):
     Path(store.cell_path(cells[0].id)).write_bytes(b"junk")
     dest = store.quarantine(cells[0].id, "not a Parquet file")
     assert not Path(store.cell_path(cells[0].id)).exists()
-    assert Path(dest).read_bytes() == b"junk" and "/_gradsweep/quarantine/" in dest
+    assert Path(dest).read_bytes() == b"junk" and "/tiny.gradsweep/quarantine/" in dest
+    assert dest.endswith(".parquet.bad")  # no *.parquet glob picks it up
     assert store.events()[-1]["event"] == "quarantined"
 
 
@@ -178,7 +181,8 @@ def test_a_full_disk_leaves_finished_files_untouched(tmp_path: Path, cells, monk
     with pytest.raises(StoreError, match=rf"cannot write the cell file .*{cells[1].id}.parquet: no space left"):
         store.write_cell(cells[1].id, _table(cells[1]))
     assert Path(store.cell_path(cells[0].id)).read_bytes() == before
-    assert sorted(os.listdir(tmp_path / "tiny")) == [f"{cells[0].id}.parquet", "_gradsweep"]
+    assert sorted(os.listdir(tmp_path / "tiny")) == [f"{cells[0].id}.parquet"]
+    assert os.listdir(tmp_path / "tiny.gradsweep" / "tmp") == []  # the half-written temporary file is gone
 
 
 class _FullDisk:

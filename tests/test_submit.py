@@ -84,8 +84,8 @@ def test_results_that_cannot_be_written_are_refused(tmp_path: Path) -> None:
     with pytest.raises(sub.SubmitError, match=r"^--results"):
         sub.check_results_writable(str(a_file), "sweep")
     sub.check_results_writable(str(tmp_path / "ok"), "sweep")
-    assert (tmp_path / "ok" / "sweep" / "_gradsweep").is_dir()
-    assert not [p for p in (tmp_path / "ok" / "sweep" / "_gradsweep").iterdir() if p.name.startswith(".write-probe")]
+    assert (tmp_path / "ok" / "sweep.gradsweep").is_dir()
+    assert not [p for p in (tmp_path / "ok" / "sweep.gradsweep").iterdir() if p.name.startswith(".write-probe")]
 
 
 def test_cli_submit_reports_a_bad_spec_before_contacting_the_cluster(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

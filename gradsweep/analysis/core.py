@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from gradsweep import catalog
 from gradsweep.catalog import Group, Union
 from gradsweep.results_schema import METRIC_FIELDS, introduced_columns, param_fields, results_schema
+from gradsweep.store import bookkeeping_location
 
 __all__ = [
     "Figure", "ResultsData", "ResultsError", "load_results", "format_value", "short_name",
@@ -374,7 +375,7 @@ def _cell_top() -> Group:
 
 def _read_failures(folder: Path) -> list[Failure]:
     out = []
-    for path in sorted((folder / "_gradsweep" / "failures").glob("*.json")):
+    for path in sorted((Path(bookkeeping_location(folder)) / "failures").glob("*.json")):
         try:
             record = json.loads(path.read_text())
             error = str(record.get("error", "")).strip().splitlines()
@@ -448,7 +449,7 @@ def _read_folder(folder: Path) -> _Folder:
     )
     if table is not None and table.num_rows == 0:
         table = None
-    spec_path = folder / "_gradsweep" / "spec.yaml"
+    spec_path = Path(bookkeeping_location(folder)) / "spec.yaml"
     spec_text = spec_path.read_text() if spec_path.is_file() else None
     expected, note = _expected_cells(spec_path)
     return _Folder(folder, table, unreadable, _read_failures(folder), spec_text, expected, note)
