@@ -119,6 +119,12 @@ def run(args: argparse.Namespace) -> int:
     except ResultsError as err:
         print(f"gradsweep report: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a read-only or full results folder: say where, and how to write elsewhere
+        where = args.out if args.out is not None else Path(args.results) / DEFAULT_OUT
+        reason = err.strerror or str(err)
+        print(f"gradsweep report: cannot write the report to {where}: {reason} ({err.filename}); "
+              "write it elsewhere with --out DIR", file=sys.stderr)
+        return 2
     count = sum(len(s.figures) for s in report.sections)
     data = report.data
     print(f"report: {report.index} ({count} figures, {len(data.cells)} cells)")
