@@ -517,9 +517,7 @@ class Status:
         if p.invalid:
             lines.append(f"  {len(p.invalid)} cell files are corrupt or truncated (run/resume moves them aside and re-runs)")
         if self.lock:
-            lines.append(
-                f"  being run by pid {self.lock.get('pid')} on {self.lock.get('host')} since {self.lock.get('started')}"
-            )
+            lines.append(_lock_line(self.lock))
         if p.failed:
             lines.append("  failed cells (error; attempts):")
             for cell_id in sorted(p.failed):
@@ -527,6 +525,18 @@ class Status:
                 lines.append(f"    {cell_id}  {rec.get('error', '?')}  ({rec.get('attempts', '?')} attempts)")
             lines.append(f"  full tracebacks: {self.failures_folder}/<cell_id>.json")
         return "\n".join(lines)
+
+
+def _lock_line(lock: Mapping[str, Any]) -> str:
+    """The lock as ``status`` shows it: who holds it, and whether that driver still runs."""
+    if "invalid" in lock:
+        return f"  the lock file is {lock['invalid']} (a driver died writing it): the next run takes it over"
+    who = f"pid {lock.get('pid')} on {lock.get('host')} since {lock.get('started')}"
+    if lock.get("alive") is False:
+        return f"  locked by {who}, which is no longer running: the next run takes the lock over"
+    if lock.get("alive") is None:
+        return f"  being run by {who} (another host: whether it still runs cannot be checked from here)"
+    return f"  being run by {who} (running)"
 
 
 def status(folder: str | os.PathLike[str]) -> Status:
