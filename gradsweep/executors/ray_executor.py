@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import math
 import os
 import signal
@@ -39,8 +40,11 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> No
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
-    if address:
+    if address and not _is_loopback(address):
         ray.init(address=address, **kwargs)
+    elif address:  # a Ray on this machine's loopback (an embedded one): join it as a loopback node
+        with _loopback_only():
+            ray.init(address=address, **kwargs)
     else:
         with _loopback_only():
             ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", **kwargs)
@@ -73,6 +77,17 @@ def _loopback_only() -> Iterator[None]:
 
 
 _SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether a GCS address ``host:port`` names this machine's loopback interface."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _sigterm_exits() -> None:
