@@ -19,6 +19,7 @@ import ipaddress
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 from collections import deque
@@ -40,9 +41,9 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> No
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
-    if address and not _is_loopback(address):
+    if address and not _loopback_only_cluster(address):
         ray.init(address=address, **kwargs)
-    elif address:  # a Ray on this machine's loopback (an embedded one): join it as a loopback node
+    elif address:  # an embedded Ray of another driver here: join it as a loopback node too
         with _loopback_only():
             ray.init(address=address, **kwargs)
     else:
@@ -79,15 +80,32 @@ def _loopback_only() -> Iterator[None]:
 _SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def _is_loopback(address: str) -> bool:
-    """Whether a GCS address ``host:port`` names this machine's loopback interface."""
-    host = address.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
+def _loopback_only_cluster(address: str) -> bool:
+    """Whether the GCS at ``address`` (``host:port``) is a Ray on this machine's loopback only.
+
+    Ray rewrites a loopback GCS address to the machine's outward IP before it connects, which
+    reaches a Ray started with ``ray start`` (it listens on every interface) but not an embedded
+    one started by :func:`ensure_ray`: only a GCS reachable on loopback and not on the outward IP
+    is joined in loopback mode, so clusters of many nodes are joined exactly as before.
+    """
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
     try:
-        return ipaddress.ip_address(host).is_loopback
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+    if not loopback or not port.isdigit():
+        return False
+    from ray._common.network_utils import node_ip_address_from_perspective
+
+    outward = node_ip_address_from_perspective(None)
+    if ipaddress.ip_address(outward).is_loopback:
+        return True
+    try:
+        socket.create_connection((outward, int(port)), timeout=2).close()
+    except OSError:
+        return True
+    return False
 
 
 def _sigterm_exits() -> None:
