@@ -41,6 +41,7 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> No
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
+    address = address or os.environ.get("RAY_ADDRESS") or None  # ray.init would join it anyway
     if address and not _loopback_only_cluster(address):
         ray.init(address=address, **kwargs)
     elif address:  # an embedded Ray of another driver here: join it as a loopback node too
@@ -48,7 +49,7 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> No
             ray.init(address=address, **kwargs)
     else:
         with _loopback_only():
-            ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", **kwargs)
+            ray.init(num_cpus=num_cpus, **kwargs)
     _sigterm_exits()
 
 
