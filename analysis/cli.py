@@ -120,9 +120,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"gradsweep report: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a read-only or full results folder: say where, and how to write elsewhere
-        where = args.out if args.out is not None else Path(args.results) / DEFAULT_OUT
-        reason = err.strerror or str(err)
-        print(f"gradsweep report: cannot write the report to {where}: {reason} ({err.filename}); "
+        where = f" to {err.filename}" if err.filename else ""
+        print(f"gradsweep report: cannot write the report{where}: {err.strerror or err}; "
               "write it elsewhere with --out DIR", file=sys.stderr)
         return 2
     count = sum(len(s.figures) for s in report.sections)
