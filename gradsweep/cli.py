@@ -5,7 +5,7 @@ package (``report`` in ``analysis.cli``) is named by its module, which must defi
 ``add_arguments(parser)`` and ``run(args) -> int``, and is imported only when that subcommand
 runs. Exit codes: 0 every cell done, 1 cells failed (or, for ``status``, not all done), 2 bad
 input (bad spec, missing folder, lock held, unwritable results) with one message on stderr and no
-traceback, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM.
+traceback, 130 interrupted.
 
 ``plan`` and ``status`` import neither torch nor Ray.
 """
