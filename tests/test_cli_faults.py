@@ -77,8 +77,9 @@ def test_a_negative_retry_count_is_refused(tiny_spec: Path, tmp_path: Path, cli_
 
 def test_report_on_a_read_only_folder_says_where_to_write_instead(tiny_spec: Path, tmp_path: Path, cli_env: dict):
     results = tmp_path / "results"
+    results.mkdir()
     mounted = os.geteuid() == 0 and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(results.mkdir() or results)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(results)], capture_output=True
     ).returncode == 0
     try:
         assert gradsweep("run", str(tiny_spec), "--results", str(results), "--local", env=cli_env).returncode == 0
