@@ -4,6 +4,10 @@ The key is a hash of everything that determines the artefact, so the hundreds of
 that share one pretrained student train it once. Safe across processes: the first to ask holds a
 file lock while it computes; the others wait on the lock and then read the finished file. The
 artefact is written to a temporary name and renamed, so a killed writer leaves no half file.
+
+Artefacts and checkpoints are read back with :func:`load_tensors` (``torch.load`` with
+``weights_only=True``): they hold only tensors and plain containers, so a cache file someone
+replaced cannot run code in the next cell that reads it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any, Callable, Mapping
 
 from filelock import FileLock
 
-__all__ = ["default_cache_dir", "cache_key", "cached_file"]
+__all__ = ["default_cache_dir", "cache_key", "cached_file", "load_tensors"]
 
 
 def default_cache_dir() -> Path:
@@ -62,3 +66,31 @@ def cached_file(
             if tmp.exists():
                 tmp.unlink()
     return path, False
+
+
+def load_tensors(path: Path | str, *, map_location: Any = None) -> Any:
+    """``torch.load`` of a cache or checkpoint file that may hold only tensors and plain containers.
+
+    ``weights_only=True`` refuses any pickle that names a function or class outside torch's
+    allow-list, before calling it: a poisoned cache file is a ``ValueError`` naming the file, and
+    nothing in it runs. An unreadable (truncated, corrupt) file is the same error.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"cache file {os.fspath(path)!r} holds more than tensors and plain containers, so it was "
+            f"refused and nothing in it was run ({first}); delete it to have it computed again"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(
+            f"cache file {os.fspath(path)!r} cannot be read ({type(exc).__name__}: {exc}); "
+            "delete it to have it computed again"
+        ) from None

@@ -45,7 +45,7 @@ def _add_execution_arguments(p: argparse.ArgumentParser) -> None:
                    help="Ray tasks submitted at once (default: twice the cells the cluster runs at once)")
     p.add_argument("--chunk-size", type=_positive_int, default=None, metavar="N",
                    help="cells per Ray task (default: adapts so a task lasts about a second)")
-    p.add_argument("--max-retries", type=int, default=3, metavar="N",
+    p.add_argument("--max-retries", type=_non_negative_int, default=3, metavar="N",
                    help="retries of a task whose worker process died (default: 3)")
     p.add_argument("--num-cpus", type=_positive_int, default=None, metavar="N",
                    help="CPUs of the embedded Ray (default: all of this machine's)")
@@ -59,6 +59,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
 
 
@@ -257,6 +267,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gradsweep: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:  # a full disk, a read-only folder, ... anywhere below: one line, no traceback
+        print(f"gradsweep: error: {_os_message(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _os_message(exc: OSError) -> str:
+    import errno
+
+    reason = "no space left on the device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    return f"{reason}: {exc.filename}" if exc.filename else reason
 
 
 def _message(exc: BaseException) -> str:

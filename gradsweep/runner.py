@@ -330,7 +330,8 @@ class Progress:
 
 @dataclass
 class RunResult:
-    """What a run did. ``exit_code``: 0 every cell done, 1 some failed, 130 interrupted."""
+    """What a run did. ``exit_code``: 0 every cell done, 1 some failed, 130 interrupted by Ctrl-C
+    (SIGINT), 143 stopped by SIGTERM (what Slurm and Kubernetes send before they kill a job)."""
 
     sweep: str
     folder: str
@@ -340,34 +341,41 @@ class RunResult:
     ran: int = 0
     quarantined: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False
+    signum: int = signal.SIGINT  # the signal that interrupted the run
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
-            return 130
+            return 128 + int(self.signum)
         return 1 if self.failed or self.done < self.total else 0
 
 
 class _Interrupt:
-    """Turns SIGINT into a flag while a sweep runs (main thread only): Ctrl-C stops cleanly."""
+    """Turns SIGINT and SIGTERM into a flag while a sweep runs (main thread only): Ctrl-C, and the
+    SIGTERM a scheduler sends before it kills a job, stop cleanly. ``signum`` is the first one."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.flag = False
-        self._previous: Any = None
+        self.signum: int = signal.SIGINT
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_Interrupt":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.flag:  # a second Ctrl-C: stop at once (files are still never half-written)
+        if self.flag:  # a second signal: stop at once (files are still never half-written)
             raise KeyboardInterrupt
-        self.flag = True
+        self.flag, self.signum = True, signum
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            if previous is not None:
+                signal.signal(signum, previous)
 
 
 def run(
@@ -435,15 +443,19 @@ def _drive(store: SweepStore, todo: list[Any], executor: Any, result: RunResult,
                     if not getattr(outcome, "lost", False):
                         _record(store, outcome, result, failed)
                 cancelled = executor.cancel()
-                result.interrupted = True
+                result.interrupted, result.signum = True, interrupt.signum
                 print(
-                    f"\ninterrupted: {len(cancelled)} cells not finished were cancelled; "
+                    f"\n{_stopped_by(interrupt.signum)}: {len(cancelled)} cells not finished were cancelled; "
                     f"`gradsweep resume {store.location}` runs them",
                     file=progress.stream,
                 )
         finally:
             result.failed = sorted(failed)
             progress.close()
+
+
+def _stopped_by(signum: int) -> str:
+    return "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
 
 
 def _record(store: SweepStore, outcome: Any, result: RunResult, failed: set[str]) -> None:
@@ -533,9 +545,7 @@ class Status:
         if p.done or p.invalid:
             lines.append(p.checked)
         if self.lock:
-            lines.append(
-                f"  being run by pid {self.lock.get('pid')} on {self.lock.get('host')} since {self.lock.get('started')}"
-            )
+            lines.append(_lock_line(self.lock))
         if p.failed:
             lines.append("  failed cells (error; attempts):")
             for cell_id in sorted(p.failed):
@@ -543,6 +553,18 @@ class Status:
                 lines.append(f"    {cell_id}  {rec.get('error', '?')}  ({rec.get('attempts', '?')} attempts)")
             lines.append(f"  full tracebacks: {self.failures_folder}/<cell_id>.json")
         return "\n".join(lines)
+
+
+def _lock_line(lock: Mapping[str, Any]) -> str:
+    """The lock as ``status`` shows it: who holds it, and whether that driver still runs."""
+    if "invalid" in lock:
+        return f"  the lock file is {lock['invalid']} (a driver died writing it): the next run takes it over"
+    who = f"pid {lock.get('pid')} on {lock.get('host')} since {lock.get('started')}"
+    if lock.get("alive") is False:
+        return f"  locked by {who}, which is no longer running: the next run takes the lock over"
+    if lock.get("alive") is None:
+        return f"  being run by {who} (another host: whether it still runs cannot be checked from here)"
+    return f"  being run by {who} (running)"
 
 
 def status(folder: str | os.PathLike[str], *, verify: bool = False) -> Status:

@@ -165,6 +165,22 @@ def _is_object_store(fs: pafs.FileSystem) -> bool:
     return fs.type_name in ("s3", "gcs")
 
 
+# An empty or unreadable lock younger than this may be being written by a driver right now.
+_LOCK_WRITE_GRACE = 2.0
+
+
+def _holder_of(raw: bytes) -> dict[str, Any]:
+    """The lock file's record with ``alive`` added; ``invalid`` (and not alive) when it is unusable."""
+    try:
+        holder = json.loads(raw)
+    except ValueError:
+        holder = None
+    if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
+        return {"invalid": "empty" if not raw.strip() else "unreadable", "alive": False}
+    same_host = holder.get("host") == socket.gethostname()
+    return {**holder, "alive": _pid_alive(holder["pid"]) if same_host else None}
+
+
 class _Layout:
     """The declared schema's fields as plain tuples, and its all-null columns by length.
 
@@ -493,9 +509,14 @@ class SweepStore:
         """
         if self._info(self.legacy_meta).type != pafs.FileType.Directory:
             return
-        holder = self._parse_lock(self._read_legacy("lock"))
-        if holder is not None and not self._holder_gone(holder):
-            raise self._held(holder, f"{self.legacy_meta}/lock")
+        raw = self._read_legacy("lock")
+        holder = None if raw is None else _holder_of(raw)
+        if holder is not None and "invalid" not in holder and holder["alive"] is not False:
+            raise LockHeld(
+                f"results: {self.location} is being written by another driver: pid {holder.get('pid')} "
+                f"on host {holder.get('host')}, started {holder.get('started')} "
+                f"(lock file {self.legacy_meta}/lock; remove it only if that driver is gone)"
+            )
         infos = self.fs.get_file_info(pafs.FileSelector(self.legacy_meta, recursive=True))
         for info in sorted(infos, key=lambda i: i.path):
             if info.type != pafs.FileType.File:
@@ -811,60 +832,103 @@ class SweepStore:
     def lock_path(self) -> str:
         return f"{self.meta}/lock"
 
-    @staticmethod
-    def _parse_lock(data: bytes | None) -> dict[str, Any] | None:
-        if data is None:
-            return None
-        try:
-            holder = json.loads(data)
-        except ValueError:
-            return None
-        return holder if isinstance(holder, dict) else None
+    def _read_lock(self) -> bytes | None:
+        """The lock file's bytes (in ``<name>.gradsweep`` or else a legacy ``_gradsweep``); None
+        when there is none."""
+        return self._read_meta("lock")
 
     def lock_holder(self) -> dict[str, Any] | None:
-        return self._parse_lock(self._read_meta("lock"))
+        """Who holds the lock (pid, host, started), None when nobody does.
 
-    def _holder_gone(self, holder: Mapping[str, Any]) -> bool:
-        """Whether the lock's holder is known to have ended (a dead pid on this host)."""
-        same_host = holder.get("host") == socket.gethostname()
-        return same_host and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"])
-
-    def _held(self, holder: Mapping[str, Any], path: str) -> LockHeld:
-        return LockHeld(
-            f"results: {self.location} is being written by another driver: pid {holder.get('pid')} "
-            f"on host {holder.get('host')}, started {holder.get('started')} "
-            f"(lock file {path}; remove it only if that driver is gone)"
-        )
+        ``alive`` says whether the holder still runs: True or False on this host, None on another
+        host (it cannot be checked from here). An empty or unreadable lock file (a driver that died
+        while writing it, e.g. on a full disk) reads as ``{"invalid": reason, "alive": False}``.
+        """
+        raw = self._read_lock()
+        return None if raw is None else _holder_of(raw)
 
     def acquire_lock(self) -> str | None:
         """Become the one driver of this sweep; a message when a stale lock was taken over.
 
         Raises :class:`LockHeld` naming the holder when another driver holds the lock and is alive
-        (or runs on another host, where it cannot be checked). The lock is created exclusively: on
-        a local file system with ``O_EXCL``, on S3 with a conditional PUT (``If-None-Match: *``,
-        through boto3), so two drivers on two machines cannot both hold it.
+        (or runs on another host, where it cannot be checked). A lock whose holder is gone, or
+        that is empty or unreadable (and not being written right now), is taken over with a
+        message. The lock is created exclusively: on a local file system with ``O_EXCL`` (and a
+        stale one is moved aside atomically, so two drivers taking over at once cannot both win), on
+        S3 with a conditional PUT (``If-None-Match: *``, through boto3), so two drivers on two
+        machines cannot both hold it; on other object stores it is check-then-write.
         """
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(), "token": os.urandom(8).hex()}
         text = json.dumps(me).encode()
         message = None
-        for _ in range(3):
+        for _ in range(8):
             if self._create_exclusive(self.lock_path, text):
                 self._lock_token = me["token"]
                 return message
-            holder = self.lock_holder()
-            if holder is None:  # vanished or half written between our tries
+            raw = self._read_lock()
+            if raw is None:  # vanished between our tries
                 time.sleep(0.05)
                 continue
-            if self._holder_gone(holder):
+            holder = _holder_of(raw)
+            if "invalid" in holder:
+                if self._lock_age() < _LOCK_WRITE_GRACE:  # perhaps a driver is writing it right now
+                    time.sleep(_LOCK_WRITE_GRACE / 4)
+                    continue
+                message = (
+                    f"taking over the lock of {self.location}: the lock file {self.lock_path} is "
+                    f"{holder['invalid']} (left by a driver that could not write it, e.g. on a full disk)"
+                )
+            elif holder["alive"] is False:
                 message = (
                     f"taking over the lock of {self.location}: its holder, pid {holder['pid']} on "
                     f"{holder['host']} (started {holder.get('started')}), is no longer running"
                 )
-                self._discard(self.lock_path)
+            else:
+                where = "" if holder["alive"] else " (on another host: remove the lock only if that driver is gone)"
+                raise LockHeld(
+                    f"results: {self.location} is being written by another driver: pid {holder.get('pid')} "
+                    f"on host {holder.get('host')}, started {holder.get('started')}{where} "
+                    f"(lock file {self.lock_path}; remove it only if that driver is gone)"
+                )
+            if self._remove_stale_lock(raw):
                 self.log_event("lock_taken_over", previous=holder)
-                continue
-            raise self._held(holder, self.lock_path)
         raise LockHeld(f"results: could not acquire the lock {self.lock_path}")
+
+    def _lock_age(self) -> float:
+        """Seconds since the lock file was last written (large when unknown)."""
+        mtime = self._info(self.lock_path).mtime
+        if mtime is None:
+            return float("inf")
+        return time.time() - mtime.timestamp()
+
+    def _remove_stale_lock(self, stale: bytes) -> bool:
+        """Remove the lock if it still holds ``stale``; False when another driver replaced it first.
+
+        Locally the lock is first renamed to a private name (atomic), so only one of several
+        drivers taking over gets it; one that moved a fresh lock by mistake puts it back.
+        """
+        if not self.local:
+            self._discard(self.lock_path)
+            return True
+        parent, base = self.lock_path.rsplit("/", 1)
+        aside = f"{parent}/.{base}.stale.{os.getpid()}.{os.urandom(4).hex()}"
+        try:
+            os.rename(self.lock_path, aside)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise self._error("take over the lock", self.lock_path, exc) from exc
+        try:
+            with open(aside, "rb") as f:
+                if f.read() == stale:
+                    return True
+            try:  # a fresh lock of another driver: put it back (never over a newer one)
+                os.link(aside, self.lock_path)
+            except FileExistsError:
+                pass
+            return False
+        finally:
+            os.unlink(aside)
 
     def _create_exclusive(self, path: str, data: bytes) -> bool:
         if self.local:
@@ -874,15 +938,19 @@ class SweepStore:
                 return False
             except OSError as exc:
                 raise self._error("create the lock", path, exc) from exc
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            except OSError as exc:  # a full disk: no empty lock may stay behind to block the sweep
+                self._discard(path)
+                raise self._error("create the lock", path, exc) from exc
             return True
         if self.fs.type_name == "s3":
             return _s3_put_if_absent(self.location, path, data)
         # other object stores: check, then write (two drivers starting in the same instant can race)
         if self._info(path).type != pafs.FileType.NotFound:
             return False
-        self._write_bytes(path, data)
+        self._write_bytes(path, data, what="create the lock")
         return True
 
     def release_lock(self) -> None:

@@ -3,6 +3,8 @@ and the training augmentation."""
 
 from __future__ import annotations
 
+import io
+import os
 import pickle
 from pathlib import Path
 
@@ -108,3 +110,121 @@ def test_a_probe_without_pretraining_draws_no_synthetic_training_set() -> None:
     data = load(cfg, seed=3, train=False)
     assert len(data.train_x) == 0 and len(data.train_y) == 0
     assert torch.equal(data.val_x, load(cfg, seed=3).val_x)
+
+
+# -- reading never runs code; both standard layouts -------------------------------------------------
+
+
+def _batches(per_file: int = 20) -> dict[str, tuple[np.ndarray, list[int]]]:
+    """The arrays of the six batches: pixel values encode file and index (as write_fake_cifar)."""
+    rng = np.random.default_rng(1)
+    out = {}
+    for f, name in enumerate((*TRAIN_FILES, TEST_FILE)):
+        data = rng.integers(0, 256, size=(per_file, 3072), dtype=np.uint8)
+        data[:, 0] = f
+        out[name] = (data, [int(v) for v in rng.integers(0, 10, size=per_file)])
+    return out
+
+
+class _Python2Pickler(pickle._Pickler):  # type: ignore[name-defined]
+    """Writes bytes as Python 2's cPickle wrote its ``str`` (BINSTRING), as in the original CIFAR files."""
+
+    dispatch = pickle._Pickler.dispatch.copy()  # type: ignore[attr-defined]
+
+    def _save_py2_str(self, obj: bytes) -> None:
+        n = len(obj)
+        self.write((pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + n.to_bytes(4, "little")) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = _save_py2_str
+
+
+def _pickled(entry: dict, how: str) -> bytes:
+    if how == "python2":
+        buffer = io.BytesIO()
+        _Python2Pickler(buffer, protocol=2).dump(entry)
+        # numpy 1.x (and the original files) name the array rebuilder numpy.core.multiarray
+        return buffer.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    return pickle.dumps(entry, protocol=int(how))
+
+
+@pytest.mark.parametrize("how", ["2", "4", "5", "python2"])
+def test_pickles_of_every_protocol_read_the_same_as_the_binary_layout(tmp_path: Path, how: str) -> None:
+    py, binary = tmp_path / "cifar-10-batches-py", tmp_path / "bin" / "cifar-10-batches-bin"
+    py.mkdir()
+    binary.mkdir(parents=True)
+    for name, (data, labels) in _batches().items():
+        entry = {b"batch_label": name.encode(), b"labels": labels, b"data": data, b"filenames": [b"x.png"] * len(labels)}
+        (py / name).write_bytes(_pickled(entry, how))
+        # the binary layout: per image a label byte, then its 3072 pixels
+        (binary / f"{name}.bin").write_bytes(np.concatenate([np.array(labels, np.uint8)[:, None], data], axis=1).tobytes())
+    from_pickles, from_bytes = load_cifar10(tmp_path), load_cifar10(tmp_path / "bin")
+    for field in ("train_x", "train_y", "val_x", "val_y"):
+        assert torch.equal(getattr(from_pickles, field), getattr(from_bytes, field)), field
+    data, labels = _batches()[TEST_FILE]
+    assert from_bytes.val_y.tolist() == labels
+    torch.testing.assert_close(from_bytes.val_x[:, 0, 0, 0], torch.full((20,), (5 / 255 - MEAN[0]) / STD[0]))
+    assert len(from_bytes.train_y) == 100
+
+
+class _WritesMarker:
+    """A pickle that, when loaded by a plain unpickler, runs a shell command creating ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _poisoned_entries(marker: Path) -> dict[str, object]:
+    data, labels = _batches()[TEST_FILE]
+    evil = _WritesMarker(marker)
+    return {
+        "the whole file": evil,
+        "the data": {b"data": evil, b"labels": labels},
+        "a label": {b"data": data, b"labels": [*labels[:-1], evil]},
+        "an object array": {b"data": np.array([evil], dtype=object), b"labels": labels},
+        "an unused key": {b"data": data, b"labels": labels, b"batch_label": evil},
+    }
+
+
+@pytest.mark.parametrize("where", list(_poisoned_entries(Path("m"))))
+def test_a_poisoned_batch_is_refused_naming_the_file_and_nothing_runs(tmp_path: Path, where: str) -> None:
+    marker = tmp_path / "marker"
+    folder = write_fake_cifar(tmp_path)
+    with open(folder / "data_batch_2", "wb") as fh:
+        pickle.dump(_poisoned_entries(marker)[where], fh)
+    # the bait is real: a plain unpickler runs it
+    probe = tmp_path / "probe"
+    pickle.loads(pickle.dumps(_WritesMarker(probe)))
+    assert probe.exists()
+    with pytest.raises(ValueError, match=r"data_batch_2'.*refused, nothing in it was run"):
+        load({"source": "cifar10", "path": str(tmp_path)}, seed=0)
+    assert not marker.exists()
+
+
+def test_a_corrupt_or_misshapen_batch_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    folder = write_fake_cifar(tmp_path)
+    (folder / TEST_FILE).write_bytes(b"\x80\x04 not a pickle")
+    with pytest.raises(ValueError, match=r"test_batch' is not a readable pickle"):
+        load_cifar10(folder)
+    (folder / TEST_FILE).write_bytes(pickle.dumps({b"data": np.zeros((4, 100), np.uint8), b"labels": [0] * 4}))
+    with pytest.raises(ValueError, match=r"test_batch': expected data \(N, 3072\)"):
+        load_cifar10(folder)
+    (folder / TEST_FILE).write_bytes(pickle.dumps({b"data": np.zeros((4, 3072), np.float32), b"labels": [0] * 4}))
+    with pytest.raises(ValueError, match=r"test_batch' is not a CIFAR-10 batch: it asks for an array of dtype 'f4'"):
+        load_cifar10(folder)
+    binary = tmp_path / "b" / "cifar-10-batches-bin"
+    binary.mkdir(parents=True)
+    for name in (*TRAIN_FILES, TEST_FILE):
+        (binary / f"{name}.bin").write_bytes(bytes(3073 * 2))
+    (binary / "test_batch.bin").write_bytes(bytes(3073 * 2 - 5))
+    with pytest.raises(ValueError, match=r"test_batch.bin' holds 6141 bytes, not a whole number of 3073-byte records"):
+        load_cifar10(tmp_path / "b")
+    (binary / "test_batch.bin").write_bytes(bytes([12]) + bytes(3072))
+    with pytest.raises(ValueError, match=r"test_batch.bin': labels must be 0..9, got 12..12"):
+        load_cifar10(binary)
+    (binary / "data_batch_4.bin").unlink()
+    with pytest.raises(FileNotFoundError, match=r"lacks data_batch_4.bin"):
+        load_cifar10(binary)

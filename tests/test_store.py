@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -226,3 +228,70 @@ def test_a_file_uri_works_like_a_path(tmp_path: Path, cells):
     store.write_cell(cells[0].id, _table(cells[0]))
     assert read_results(f"file://{tmp_path}/tiny").num_rows == 2
     assert pq.read_metadata(f"{tmp_path}/tiny/{cells[0].id}.parquet").num_rows == 2
+
+
+def _stale(path: str, content: bytes) -> None:
+    """Write a lock file as a driver that died long ago left it."""
+    Path(path).write_bytes(content)
+    os.utime(path, (time.time() - 3600, time.time() - 3600))
+
+
+@pytest.mark.parametrize("content, says", [(b"", "is empty"), (b'{"pid": 12', "is unreadable")])
+def test_an_empty_or_unreadable_lock_is_taken_over_with_a_message(tmp_path: Path, content: bytes, says: str):
+    store = SweepStore(tmp_path / "tiny")
+    store.create()
+    _stale(store.lock_path, content)
+    assert store.lock_holder() == {"invalid": says.split()[-1], "alive": False}
+    message = store.acquire_lock()
+    assert message is not None and says in message and store.lock_path in message
+    assert store.lock_holder()["pid"] == os.getpid()
+    store.release_lock()
+    assert not Path(store.lock_path).exists()
+
+
+def test_lock_holder_says_whether_the_holder_is_alive(tmp_path: Path):
+    store = SweepStore(tmp_path / "tiny")
+    store.create()
+    assert store.lock_holder() is None
+    store.acquire_lock()
+    assert store.lock_holder()["alive"] is True
+    store.release_lock()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    Path(store.lock_path).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "t"}))
+    assert store.lock_holder()["alive"] is False
+    Path(store.lock_path).write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "t"}))
+    assert store.lock_holder()["alive"] is None  # another host: cannot be checked
+
+
+_TAKE_OVER = """
+import os, sys, time
+from gradsweep.store import LockHeld, SweepStore
+store = SweepStore(sys.argv[1])
+print("ready", flush=True)
+while not os.path.exists(sys.argv[2]):  # start together
+    time.sleep(0.001)
+try:
+    store.acquire_lock()
+    print("won", flush=True)
+    time.sleep(3)  # hold it while the others try
+    store.release_lock()
+except LockHeld:
+    print("refused", flush=True)
+"""
+
+
+def test_drivers_taking_over_a_stale_lock_at_once_yield_one_holder(tmp_path: Path):
+    store = SweepStore(tmp_path / "tiny")
+    store.create()
+    _stale(store.lock_path, b"")
+    go = tmp_path / "go"
+    drivers = [
+        subprocess.Popen([sys.executable, "-c", _TAKE_OVER, store.location, str(go)], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    assert [d.stdout.readline().strip() for d in drivers] == ["ready"] * 4  # all at the start line
+    go.touch()
+    outcomes = sorted(d.communicate(timeout=60)[0].strip() for d in drivers)
+    assert outcomes == ["refused", "refused", "refused", "won"]
+    assert not Path(store.lock_path).exists()

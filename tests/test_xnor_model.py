@@ -149,7 +149,7 @@ def test_pretraining_killed_mid_way_resumes_from_its_checkpoint(tmp_path: Path) 
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            if ckpt.exists() and torch.load(ckpt, weights_only=False)["step"] >= 4:
+            if ckpt.exists() and torch.load(ckpt, weights_only=True)["step"] >= 4:
                 break
             time.sleep(0.05)
         assert proc.poll() is None, f"pretraining ended before it was killed: {proc.communicate()}"
@@ -157,7 +157,7 @@ def test_pretraining_killed_mid_way_resumes_from_its_checkpoint(tmp_path: Path) 
     finally:
         proc.kill()
         proc.wait()
-    killed_at = torch.load(ckpt, weights_only=False)["step"]
+    killed_at = torch.load(ckpt, weights_only=True)["step"]
     assert 4 <= killed_at < 12
 
     data = load(cfg["data"], seed=0)
@@ -278,3 +278,55 @@ def test_report_takes_the_best_over_lr_and_epsilon_per_batch() -> None:
         [1, 0.5, 0.01, -0.2],  # a tie between epsilons goes to the first in parameter order
     ]
     assert layer_label('["conv:-2"]') == "conv:-2" and layer_label('["conv:1", "fc"]') == "conv:1, fc"
+
+
+class _WritesMarker:
+    """Loaded by a plain unpickler (``weights_only=False``), runs a shell command creating ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("which", ["artefact", "checkpoint"])
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_poisoned_pretraining_cache_file_is_refused_naming_it_and_nothing_runs(
+    tmp_path: Path, which: str, writer: str
+) -> None:
+    import pickle
+    import re
+
+    from gradsweep.cache import cache_key
+    from gradsweep.cell import run_cell
+    from gradsweep.problems.xnor_resnet import pretrain_key
+
+    marker = tmp_path / "marker"
+    cfg = {"experiment": "probe", "problem": tiny_cfg(steps=4, checkpoint_every=2), "estimator": {"kind": "ste"},
+           "params": ["conv:8"], "measure": {"lrs": [0.1]}, "device": "cpu"}
+    key = cache_key(pretrain_key(cfg["problem"], seed=0, dtype=torch.float32))
+    poisoned = tmp_path / "xnor_pretrain" / (f"{key}.pt" if which == "artefact" else f"{key}.ckpt.pt")
+    poisoned.parent.mkdir()
+    content = {"weights": {}, "state": {}, "records": [], "step": _WritesMarker(marker)}
+    if writer == "torch.save":
+        torch.save(content, poisoned)
+    else:
+        poisoned.write_bytes(pickle.dumps(content))
+    with pytest.raises(ValueError, match=rf"cache file '{re.escape(str(poisoned))}' .*refused and nothing in it was run"):
+        run_cell(cfg, cache_dir=tmp_path)
+    assert not marker.exists()
+    # the bait is real: an unrestricted load runs it
+    torch.load(poisoned, weights_only=False) if writer == "torch.save" else pickle.loads(poisoned.read_bytes())
+    assert marker.exists()
+
+
+def test_a_truncated_pretraining_checkpoint_is_an_error_naming_it(tmp_path: Path) -> None:
+    from gradsweep.data import load
+
+    cfg = tiny_cfg(steps=4)
+    ckpt = tmp_path / "run.ckpt.pt"
+    ckpt.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(ValueError, match=r"cache file '.*run.ckpt.pt' cannot be read"):
+        pretrain(cfg, load(cfg["data"], seed=0), seed=0, dtype=torch.float32, device=torch.device("cpu"), checkpoint=ckpt)

@@ -148,6 +148,11 @@ def run(args: argparse.Namespace) -> int:
     except ResultsError as err:
         print(f"gradsweep report: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a read-only or full results folder: say where, and how to write elsewhere
+        where = f" to {err.filename}" if err.filename else ""
+        print(f"gradsweep report: cannot write the report{where}: {err.strerror or err}; "
+              "write it elsewhere with --out DIR", file=sys.stderr)
+        return 2
     count = sum(len(s.figures) for s in report.sections)
     data = report.data
     print(f"report: {report.index} ({count} figures, {len(data.cells)} cells)")

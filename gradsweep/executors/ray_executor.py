@@ -14,9 +14,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import math
+import os
+import signal
+import socket
+import sys
+import threading
 from collections import deque
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import ray
 
@@ -26,14 +33,96 @@ __all__ = ["RayExecutor", "ensure_ray", "assigned_device"]
 
 
 def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
-    """Join the cluster at ``address``, or start an embedded local Ray; reuse one already started."""
+    """Join the cluster at ``address``, or start an embedded local Ray; reuse one already started.
+
+    The embedded Ray listens on 127.0.0.1 only (:func:`_loopback_only`): its servers take
+    requests without authentication from anyone who can reach them.
+    """
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
-    if address:
+    address = address or os.environ.get("RAY_ADDRESS") or None  # ray.init would join it anyway
+    if address and not _loopback_only_cluster(address):
         ray.init(address=address, **kwargs)
+    elif address:  # an embedded Ray of another driver here: join it as a loopback node too
+        with _loopback_only():
+            ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        with _loopback_only():
+            ray.init(num_cpus=num_cpus, **kwargs)
+    _sigterm_exits()
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Make the Ray started inside take 127.0.0.1 as its node address, so every server binds there.
+
+    On Linux Ray resolves a local node address to the machine's outward IP, and its gRPC servers,
+    agents and metrics exporter then listen on all interfaces. Ray's switch for single-machine
+    mode (the default on macOS and Windows) makes the node address 127.0.0.1, and with it every
+    listener: the module constant for this process, the variable for the processes it starts.
+    """
+    from ray._private import ray_constants
+
+    before_env = os.environ.get(_SINGLE_MACHINE_ENV)
+    before_const = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_SINGLE_MACHINE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before_const
+        if before_env is None:
+            os.environ.pop(_SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[_SINGLE_MACHINE_ENV] = before_env
+
+
+_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _loopback_only_cluster(address: str) -> bool:
+    """Whether the GCS at ``address`` (``host:port``) is a Ray on this machine's loopback only.
+
+    Ray rewrites a loopback GCS address to the machine's outward IP before it connects, which
+    reaches a Ray started with ``ray start`` (it listens on every interface) but not an embedded
+    one started by :func:`ensure_ray`: only a GCS reachable on loopback and not on the outward IP
+    is joined in loopback mode, so clusters of many nodes are joined exactly as before.
+    """
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+    if not loopback or not port.isdigit():
+        return False
+    from ray._common.network_utils import node_ip_address_from_perspective
+
+    outward = node_ip_address_from_perspective(None)
+    if ipaddress.ip_address(outward).is_loopback:
+        return True
+    try:
+        socket.create_connection((outward, int(port)), timeout=2).close()
+    except OSError:
+        return True
+    return False
+
+
+def _sigterm_exits() -> None:
+    """SIGTERM ends the driver through Python (``finally`` blocks run, the lock is released), exit 143.
+
+    Ray's core worker installs a native handler that dumps a stack trace and aborts (exit 134);
+    re-installing a Python handler replaces it. While cells run, the runner turns SIGTERM into
+    a clean stop of its own (``runner._Interrupt``).
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    print("gradsweep: terminated (SIGTERM)", file=sys.stderr)
+    raise SystemExit(128 + signum)
 
 
 def assigned_device(requested: str | None) -> str:

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 
 from gradsweep import catalog
-from gradsweep.cache import cached_file
+from gradsweep.cache import cached_file, load_tensors
 from gradsweep.declare import without_introduced
 from gradsweep.optimizers import make as make_optimizer
 from gradsweep.problems.base import Batch, Point, Problem, Surrogate, default_chunk_bytes
@@ -200,7 +200,7 @@ class ToyMLP(ToyBatchedMixin, Problem):
             torch.save({"weights": {n: w.cpu() for n, w in weights.items()}, "losses": losses, "evals": evals}, tmp)
 
         path, hit = cached_file(cache_dir, "toy_pretrain", key, compute)
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_tensors(path, map_location="cpu")
         self.student = {n: w.to(self.device, self.dtype) for n, w in saved["weights"].items()}
         self.pretrain_losses = list(saved["losses"])
         self.pretrain_cache_hit = hit

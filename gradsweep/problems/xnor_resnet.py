@@ -404,7 +404,9 @@ def pretrain(
     opt = _optimizer(list(trainable.values()), pcfg)
     start, records, acc = 0, [], {"loss": 0.0, "correct": 0, "seen": 0}
     if checkpoint.exists():
-        ck = torch.load(checkpoint, map_location=device, weights_only=False)
+        from gradsweep.cache import load_tensors
+
+        ck = load_tensors(checkpoint, map_location=device)  # tensors only: nothing in it can run
         with torch.no_grad():
             for name, t in {**weights, **state}.items():
                 t.copy_(ck["params"][name])
@@ -464,7 +466,7 @@ def pretrained(cfg: Mapping[str, Any], data: Any, *, seed: int, dtype: torch.dty
     The artefact lives in ``<cache_dir>/xnor_pretrain/<key>.pt``; while training, the resumable
     checkpoint is ``<key>.ckpt.pt`` beside it (deleted once the artefact is in place).
     """
-    from gradsweep.cache import cache_key, cached_file
+    from gradsweep.cache import cache_key, cached_file, load_tensors
 
     what = pretrain_key(cfg, seed=seed, dtype=dtype)
     folder = Path(cache_dir) / "xnor_pretrain"
@@ -477,7 +479,7 @@ def pretrained(cfg: Mapping[str, Any], data: Any, *, seed: int, dtype: torch.dty
     path, _ = cached_file(cache_dir, "xnor_pretrain", what, compute)
     if ckpt.exists():
         ckpt.unlink()
-    return torch.load(path, map_location=device, weights_only=False)
+    return load_tensors(path, map_location=device)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -154,6 +154,11 @@ def load_spec(path_or_text: str | os.PathLike[str], *, source: str | None = None
         except OSError as exc:
             issue = Issue("", f"cannot read the spec: {exc.strerror or exc}")
             raise SpecError([issue], source=source or str(path)) from None
+        except UnicodeDecodeError as exc:  # a spec saved in another encoding (latin-1, UTF-16)
+            line = exc.object[:exc.start].count(b"\n") + 1
+            issue = Issue("", f"the spec is not UTF-8 text: byte {exc.object[exc.start]:#04x} at offset "
+                              f"{exc.start} cannot be decoded (save the file as UTF-8)", line=line)
+            raise SpecError([issue], source=source or str(path)) from None
     else:
         text = str(path_or_text)
     source = source or (str(path) if path else None)
