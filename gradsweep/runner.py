@@ -22,9 +22,10 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import IO, Any, Mapping, Sequence
+from typing import IO, Any, Callable, Mapping, Sequence
 
 from gradsweep.store import StoreError, SweepStore
+from gradsweep.views import failed_cell_params, format_params
 
 __all__ = ["Plan", "RunResult", "Status", "plan", "run", "resume", "status", "load_stored_sweep", "cell_cost"]
 
@@ -506,6 +507,8 @@ class Status:
     failures: dict[str, dict[str, Any]]
     failures_folder: str
     lock: dict[str, Any] | None
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # failed cell -> flat parameters
+    varying: list[str] = field(default_factory=list)  # parameters that differ between the sweep's cells
 
     def format(self) -> str:
         p = self.plan
@@ -525,13 +528,18 @@ class Status:
             for cell_id in sorted(p.failed):
                 rec = self.failures.get(cell_id, {})
                 lines.append(f"    {cell_id}  {rec.get('error', '?')}  ({rec.get('attempts', '?')} attempts)")
+                if cell_id in self.params:
+                    lines.append(f"      {format_params(self.params[cell_id], self.varying)}")
             lines.append(f"  full tracebacks: {self.failures_folder}/<cell_id>.json")
         return "\n".join(lines)
 
 
-def status(folder: str | os.PathLike[str]) -> Status:
-    """Done / failed / pending of the spec stored in ``folder``."""
+def status(folder: str | os.PathLike[str], *, select: Callable[[Any], Any] | None = None) -> Status:
+    """Done / failed / pending of the spec stored in ``folder`` (``select``: a subset of its sweep)."""
     sweep, root = load_stored_sweep(folder)
+    if select is not None:
+        sweep = select(sweep)
     p = plan(sweep, root)
     store = SweepStore(folder)
-    return Status(p, store.failures(), f"{store.meta}/failures", store.lock_holder())
+    params, varying = failed_cell_params(sweep.cells, p.failed) if p.failed else ({}, [])
+    return Status(p, store.failures(), f"{store.meta}/failures", store.lock_holder(), params, varying)
