@@ -17,7 +17,10 @@ Researchers keep their runs in a tracker; this puts a sweep there without changi
 Idempotent: a cell already exported (a finished run with its ``gradsweep.cell_id`` tag) is
 skipped, so exporting twice creates no duplicate and exporting after ``resume`` adds only the new
 cells; a run left unfinished by an interrupted export is replaced. The default tracking URI is
-``$MLFLOW_TRACKING_URI`` or else a local ``./mlruns`` store: no server, works offline.
+``$MLFLOW_TRACKING_URI`` or else a local ``./mlruns`` file store: no server, works offline
+(MLflow 3 asks for ``MLFLOW_ALLOW_FILE_STORE=true`` to use a file store; the export sets it for
+itself, and ``mlflow ui --backend-store-uri ./mlruns`` needs it too). Any other URI
+(``sqlite:///mlflow.db``, ``http://server:5000``) is used as given.
 
 Reads the folder through :class:`gradsweep.store.SweepStore`; imports mlflow, never torch or Ray.
 """
@@ -190,9 +193,13 @@ def export_mlflow(results: str | os.PathLike[str], *, tracking_uri: str | None =
                           "install it with: pip install 'gradsweep[mlflow]'") from None
 
     uri = _uri(tracking_uri)
-    client = MlflowClient(tracking_uri=uri)
+    if uri.startswith("file:"):
+        # MLflow 3 keeps its file store in "maintenance mode" behind this switch; it is the
+        # offline, serverless store asked for here (the user's own setting wins).
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     name = experiment or store.name
     try:
+        client = MlflowClient(tracking_uri=uri)
         found = client.get_experiment_by_name(name)
         if found is not None and found.lifecycle_stage == "deleted":
             client.restore_experiment(found.experiment_id)
