@@ -502,10 +502,18 @@ def job_main(argv: list[str] | None = None) -> int:
     from gradsweep.cli import main as cli_main
 
     # `gradsweep cancel` (Ray's stop_job) sends SIGTERM: stop as Ctrl-C does, so the cells that
-    # arrived are written, those in flight are cancelled, and the lock is released.
+    # arrived are written, those in flight are cancelled, and the lock is released. ray.init sets
+    # its own SIGTERM handler (sys.exit), so Ray is joined first and ours is set after it.
+    from gradsweep.executors.ray_executor import ensure_ray  # imports ray, which resets its log level
+
+    if not {"-v", "--verbose"} & set(rest):
+        quiet_ray()
+    spec_path = os.path.abspath(args.spec)  # joining Ray may change the working folder
+    given = [rest[i + 1] for i, a in enumerate(rest[:-1]) if a == "--address"]
+    ensure_ray(given[-1] if given else "auto")
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
 
-    run = ["run", args.spec, "--results", args.results, *rest]
+    run = ["run", spec_path, "--results", args.results, *rest]
     if "--address" not in rest:
         run += ["--address", "auto"]  # the cluster this job runs in (Ray sets RAY_ADDRESS)
     return int(cli_main(run) or 0)
