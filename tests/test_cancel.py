@@ -32,7 +32,7 @@ experiment: descent
 problem: {kind: rosenbrock, variant: chain, n: 4, x0: {randint: [-3, 3]}}
 estimator: {kind: cdg, epsilon: {grid: [0.1, 0.01]}}
 step: {lr: 0.01, steps: 20, log_every: 10}
-seeds: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+seeds: [0]
 resources: {cpu: 1}
 device: cpu
 """
@@ -65,8 +65,8 @@ def test_cancel_stops_the_job_releases_the_lock_and_keeps_the_results(cluster, t
     spec.write_text(SPEC)
     runtime_env = tmp_path / "env.json"
     runtime_env.write_text(json.dumps({"env_vars": {"GRADSWEEP_CELL_DELAY": "2"}}))
-    done = gradsweep(env, "submit", str(spec), "--address", url, "--results", str(results),
-                     "--runtime-env", str(runtime_env), "--run-args", "--chunk-size 1")
+    done = gradsweep(env, "submit", str(spec), "seeds=[0,1,2,3,4,5,6,7,8,9]", "--address", url,  # an override
+                     "--results", str(results), "--runtime-env", str(runtime_env), "--run-args", "--chunk-size 1")
     assert done.returncode == 0, done.stderr
     job = done.stdout.strip().splitlines()[-1]
     assert is_job_id(job)
@@ -78,6 +78,7 @@ def test_cancel_stops_the_job_releases_the_lock_and_keeps_the_results(cluster, t
         assert ok, gradsweep(env, "logs", job, "--address", url).stdout[-3000:]
         time.sleep(0.5)
     assert store.lock_holder() is not None
+    assert store.read_spec().splitlines()[0] == f"# {spec} with overrides: seeds=[0,1,2,3,4,5,6,7,8,9]"
 
     cancelled = gradsweep(env, "cancel", job, "--address", url)
     assert cancelled.returncode == 0, cancelled.stderr
@@ -102,7 +103,8 @@ def test_cancel_stops_the_job_releases_the_lock_and_keeps_the_results(cluster, t
     resumed = gradsweep({k: v for k, v in env.items() if not k.startswith("GRADSWEEP_")},
                         "resume", str(results / "slow"), "--local")
     assert resumed.returncode == 0, resumed.stderr
-    assert set(store.cell_files()) == {c.id for c in load_spec(spec).cells}
+    assert set(store.cell_files()) == {c.id for c in load_spec(store.read_spec()).cells}
+    assert len(store.cell_files()) == 20
 
 
 def test_cancel_of_an_unknown_job_is_one_clear_error(cluster):
