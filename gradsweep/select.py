@@ -161,20 +161,46 @@ def parse_selection(where: Sequence[str] = (), cells: Sequence[str] = ()) -> Sel
     return Selection(conditions, ids)
 
 
-def _flat_cells(cells: Iterable[Any]) -> Iterable[tuple[Any, dict[str, Any]]]:
-    """(cell, flat parameters), flattening each shared nested mapping once (plan's trick)."""
-    memo: dict[tuple[str, int], dict[str, Any]] = {}
-    for cell in cells:
-        flat: dict[str, Any] = {"experiment": cell.config.get("experiment")}
+class _Flat:
+    """Flat parameters of cells, each shared nested mapping (and scalar) flattened once.
+
+    The cells of one grid share their nested mappings (only the seed differs, as :func:`plan`
+    uses), so 200,000 cells cost a dictionary lookup per condition, not a flatten each.
+    """
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple, dict[str, Any]] = {}
+
+    @staticmethod
+    def memo_key(key: str, value: Any) -> tuple:
+        """Equal for the same shared object (or equal scalar) under ``key``."""
+        return (key, id(value)) if isinstance(value, (Mapping, list)) else (key, type(value), value)
+
+    def _part(self, key: str, value: Any) -> dict[str, Any]:
+        memo = self.memo_key(key, value)
+        part = self._memo.get(memo)
+        if part is None:
+            part = self._memo[memo] = flatten_cell({key: value})
+        return part
+
+    def value(self, cell: Any, column: str) -> Any:
+        top = column.split(".", 1)[0]
+        if top not in cell.config:
+            return None
+        return self._part(top, cell.config[top]).get(column)
+
+    def flat(self, cell: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         for key, value in cell.config.items():
-            if isinstance(value, Mapping):
-                part = memo.get((key, id(value)))
-                if part is None:
-                    part = memo[(key, id(value))] = flatten_cell({key: value})
-                flat.update(part)
-            else:
-                flat.update(flatten_cell({key: value}))
-        yield cell, flat
+            out.update(self._part(key, value))
+        return out
+
+
+def _flat_cells(cells: Iterable[Any]) -> Iterable[tuple[Any, dict[str, Any]]]:
+    """(cell, its flat parameters) for each cell."""
+    flat = _Flat()
+    for cell in cells:
+        yield cell, flat.flat(cell)
 
 
 def select_cells(cells: Sequence[Any], selection: Selection) -> list[Any]:
@@ -184,21 +210,25 @@ def select_cells(cells: Sequence[Any], selection: Selection) -> list[Any]:
     """
     if not selection:
         return list(cells)
-    flats = list(_flat_cells(cells))
     for prefix in selection.cell_ids:
-        hits = {c.id for c, _ in flats if c.id.startswith(prefix)}
+        hits = {c.id for c in cells if c.id.startswith(prefix)}
         if not hits:
             raise SelectionError(f"--cell {prefix}: no cell of the sweep has this id")
         if len(hits) > 1 and prefix not in hits:
             raise SelectionError(f"--cell {prefix}: ambiguous, {len(hits)} cells start with it; give more digits")
-    kept = [(c, f) for c, f in flats if selection.matches(c.id, f)]
+    flat = _Flat()
+
+    def by_id(cell: Any) -> bool:
+        return not selection.cell_ids or any(cell.id.startswith(i) for i in selection.cell_ids)
+
+    kept = [c for c in cells if by_id(c) and all(k.holds(flat.value(c, k.column)) for k in selection.conditions)]
     if kept:
-        return [c for c, _ in kept]
-    pool = [(c, f) for c, f in flats if not selection.cell_ids or any(c.id.startswith(i) for i in selection.cell_ids)]
+        return kept
+    pool = [c for c in cells if by_id(c)]
     for cond in selection.conditions:
-        remaining = [(c, f) for c, f in pool if cond.holds(f.get(cond.column))]
+        remaining = [c for c in pool if cond.holds(flat.value(c, cond.column))]
         if not remaining:
-            seen = sorted({json.dumps(f.get(cond.column)) for _, f in pool})
+            seen = sorted({json.dumps(flat.value(c, cond.column)) for c in pool})
             shown = ", ".join(seen[:12]) + (", ..." if len(seen) > 12 else "")
             raise SelectionError(f"--where {cond.text}: no cell of the sweep matches ({cond.column} takes {shown})")
         pool = remaining

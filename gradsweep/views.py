@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Mapping
 
-from gradsweep.select import _flat_cells
+from gradsweep.select import _Flat
 
 __all__ = ["failed_cell_params", "format_params", "plan_json", "status_json", "first_line"]
 
@@ -29,21 +29,29 @@ def first_line(text: Any) -> str:
 def failed_cell_params(cells: Iterable[Any], failed: Iterable[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """``({cell_id: flat non-null parameters}, varying)`` for the failed cells of a sweep.
 
-    ``varying``: the columns whose value differs between the sweep's cells, in column order.
+    ``varying``: the columns whose value differs between the sweep's cells that have them (a
+    parameter of one estimator kind only is not "varying" because the other kinds lack it).
+    Each distinct shared part of the configs is looked at once, so 200,000 cells stay cheap.
     """
     wanted = set(failed)
-    values: dict[str, set[str]] = {}
+    flat = _Flat()
+    parts: dict[str, dict[tuple, dict[str, Any]]] = {}
     out: dict[str, dict[str, Any]] = {}
-    order: dict[str, None] = {}
-    for cell, flat in _flat_cells(cells):
-        for key, value in flat.items():
-            order.setdefault(key)
-            seen = values.setdefault(key, set())
-            if len(seen) < 2:
-                seen.add(json.dumps(value, sort_keys=True, default=str))
+    for cell in cells:
+        for key, value in cell.config.items():
+            seen = parts.setdefault(key, {})
+            memo = flat.memo_key(key, value)
+            if memo not in seen:
+                seen[memo] = flat._part(key, value)
         if cell.id in wanted:
-            out[cell.id] = {k: v for k, v in flat.items() if v is not None}
-    varying = [k for k in order if len(values.get(k, ())) > 1]
+            out[cell.id] = {k: v for k, v in flat.flat(cell).items() if v is not None}
+    varying: list[str] = []
+    for key, distinct in parts.items():
+        columns = dict.fromkeys(c for part in distinct.values() for c in part)
+        for column in columns:
+            values = {json.dumps(part[column], sort_keys=True, default=str) for part in distinct.values() if column in part}
+            if len(values) > 1:
+                varying.append(column)
     return out, varying
 
 
