@@ -233,7 +233,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     from gradsweep.submit import cmd_job_status, is_job_id
 
     if is_job_id(args.folder):
-        return cmd_job_status(args.folder, args.address)
+        if not args.json:
+            return cmd_job_status(args.folder, args.address)
+        from dataclasses import asdict
+
+        from gradsweep.submit import job_status
+
+        report = job_status(args.folder, address=args.address)
+        _print_json(asdict(report))
+        return EXIT_FAILED if report.status in ("FAILED", "STOPPED") else EXIT_OK
 
     selection = _selection(args)
     whole: set[str] = set()
@@ -405,9 +413,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
-    from gradsweep.store import StoreError
-
     from gradsweep.select import SelectionError
+    from gradsweep.store import StoreError
 
     types: list[type[BaseException]] = [
         BadInput, StoreError, SelectionError, FileNotFoundError, NotADirectoryError, PermissionError,

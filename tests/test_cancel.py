@@ -85,6 +85,9 @@ def test_cancel_stops_the_job_releases_the_lock_and_keeps_the_results(cluster, t
     assert f"job {job}: STOPPED (cancelled)" in cancelled.stdout
     assert "cells done and kept in" in cancelled.stdout
     assert job_status(job, address=url).status == "STOPPED"
+    as_json = gradsweep(env, "status", job, "--address", url, "--json")
+    report = json.loads(as_json.stdout)
+    assert as_json.returncode == 1 and report["status"] == "STOPPED" and report["sweep"] == "slow"
 
     # the lock is released; the cells written are kept and valid; nothing more arrives
     assert store.lock_holder() is None
