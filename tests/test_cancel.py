@@ -24,7 +24,7 @@ import local_cluster  # noqa: E402
 
 sys.path.remove(str(ROOT / "cluster"))
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 SPEC = """\
 name: slow
@@ -46,7 +46,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dic
                        + [b + local_cluster.NODE_BLOCK + i for i in range(20)]))
     try:
         info = local_cluster.start(state, [local_cluster.parse_node_spec("cpus=2")], base_port=base,
-                                   auth="disabled", timeout=180)
+                                   auth="disabled", timeout=300)
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
         env["RAY_AUTH_MODE"] = "disabled"
         yield info["dashboard_url"], env
