@@ -17,11 +17,11 @@ from __future__ import annotations
 import difflib
 import json
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from gradsweep.results_schema import flatten_cell, param_fields
 
-__all__ = ["SelectionError", "Condition", "Selection", "parse_selection", "select_cells", "select_sweep"]
+__all__ = ["SelectionError", "Condition", "Selection", "FlatParams", "parse_selection", "select_cells", "select_sweep"]
 
 
 class SelectionError(ValueError):
@@ -161,7 +161,7 @@ def parse_selection(where: Sequence[str] = (), cells: Sequence[str] = ()) -> Sel
     return Selection(conditions, ids)
 
 
-class _Flat:
+class FlatParams:
     """Flat parameters of cells, each shared nested mapping (and scalar) flattened once.
 
     The cells of one grid share their nested mappings (only the seed differs, as :func:`plan`
@@ -176,7 +176,8 @@ class _Flat:
         """Equal for the same shared object (or equal scalar) under ``key``."""
         return (key, id(value)) if isinstance(value, (Mapping, list)) else (key, type(value), value)
 
-    def _part(self, key: str, value: Any) -> dict[str, Any]:
+    def part(self, key: str, value: Any) -> dict[str, Any]:
+        """The flat columns of the top-level config key ``key`` holding ``value``."""
         memo = self.memo_key(key, value)
         part = self._memo.get(memo)
         if part is None:
@@ -187,20 +188,13 @@ class _Flat:
         top = column.split(".", 1)[0]
         if top not in cell.config:
             return None
-        return self._part(top, cell.config[top]).get(column)
+        return self.part(top, cell.config[top]).get(column)
 
     def flat(self, cell: Any) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in cell.config.items():
-            out.update(self._part(key, value))
+            out.update(self.part(key, value))
         return out
-
-
-def _flat_cells(cells: Iterable[Any]) -> Iterable[tuple[Any, dict[str, Any]]]:
-    """(cell, its flat parameters) for each cell."""
-    flat = _Flat()
-    for cell in cells:
-        yield cell, flat.flat(cell)
 
 
 def select_cells(cells: Sequence[Any], selection: Selection) -> list[Any]:
@@ -216,7 +210,7 @@ def select_cells(cells: Sequence[Any], selection: Selection) -> list[Any]:
             raise SelectionError(f"--cell {prefix}: no cell of the sweep has this id")
         if len(hits) > 1 and prefix not in hits:
             raise SelectionError(f"--cell {prefix}: ambiguous, {len(hits)} cells start with it; give more digits")
-    flat = _Flat()
+    flat = FlatParams()
 
     def by_id(cell: Any) -> bool:
         return not selection.cell_ids or any(cell.id.startswith(i) for i in selection.cell_ids)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Mapping
 
-from gradsweep.select import _Flat
+from gradsweep.select import FlatParams
 
 __all__ = ["failed_cell_params", "format_params", "plan_json", "status_json", "first_line"]
 
@@ -34,7 +34,7 @@ def failed_cell_params(cells: Iterable[Any], failed: Iterable[str]) -> tuple[dic
     Each distinct shared part of the configs is looked at once, so 200,000 cells stay cheap.
     """
     wanted = set(failed)
-    flat = _Flat()
+    flat = FlatParams()
     parts: dict[str, dict[tuple, dict[str, Any]]] = {}
     out: dict[str, dict[str, Any]] = {}
     for cell in cells:
@@ -42,7 +42,7 @@ def failed_cell_params(cells: Iterable[Any], failed: Iterable[str]) -> tuple[dic
             seen = parts.setdefault(key, {})
             memo = flat.memo_key(key, value)
             if memo not in seen:
-                seen[memo] = flat._part(key, value)
+                seen[memo] = flat.part(key, value)
         if cell.id in wanted:
             out[cell.id] = {k: v for k, v in flat.flat(cell).items() if v is not None}
     varying: list[str] = []
