@@ -596,13 +596,12 @@ def cancel(job_id: str, *, address: str | None, timeout: float = 60.0, poll: flo
     if meta.get("sweep") and meta.get("results"):
         driver = getattr(info, "driver_info", None)
         report.lock_released_here, report.lock_left = _release_dead_drivers_lock(
-            meta["results"], meta["sweep"], getattr(driver, "pid", None), started_ms=getattr(info, "start_time", None))
+            meta["results"], meta["sweep"], getattr(driver, "pid", None))
     report.progress = job_status(job_id, address=address)
     return report
 
 
-def _release_dead_drivers_lock(results: str, sweep: str, driver_pid: Any, *,
-                               started_ms: int | None) -> tuple[bool, dict[str, Any] | None]:
+def _release_dead_drivers_lock(results: str, sweep: str, driver_pid: Any) -> tuple[bool, dict[str, Any] | None]:
     """Release the lock a stopped job's driver left behind; (released, lock still there)."""
     from gradsweep.store import SweepStore
 
