@@ -1,4 +1,4 @@
-"""The ``gradsweep`` command: plan, run, status, resume, report.
+"""The ``gradsweep`` command: plan, run, status, resume, report, submit, logs, cancel, export.
 
 One function per subcommand, listed in :data:`COMMANDS`; a subcommand that lives in another
 package (``report`` in ``gradsweep.analysis.cli``) is named by its module, which must define
@@ -8,12 +8,19 @@ input (bad spec, missing folder, lock held, unwritable results) with one message
 traceback, 130 interrupted.
 
 ``plan`` and ``status`` import neither torch nor Ray.
+
+Common to the commands that take a spec (plan, run, submit): ``KEY=VALUE`` overrides after the
+spec (:mod:`gradsweep.spec.overrides`). To those that act on cells (plan, run, resume, status,
+report): ``--where`` and ``--cell`` (:mod:`gradsweep.select`). Everywhere: ``-q`` (only errors and
+the final summary) and ``-v`` (also Ray's own banners and warnings, hidden by default).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -21,9 +28,12 @@ from typing import Any, Callable, Sequence
 from gradsweep import __version__
 from gradsweep.errors import BadInput
 
-__all__ = ["main", "build_parser", "COMMANDS", "Command", "BadInput"]
+__all__ = ["main", "build_parser", "COMMANDS", "Command", "BadInput", "quiet_ray"]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: -v minus -q of the running command: 0 default, < 0 quiet, > 0 verbose
+VERBOSITY = 0
 
 
 @dataclass(frozen=True)
@@ -72,10 +82,58 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _load_spec(path: str) -> Any:
-    from gradsweep.spec import load_spec
+def _load_spec(path: str, overrides: Sequence[str] = ()) -> Any:
+    from gradsweep.spec.overrides import load_spec_with_overrides
 
-    return load_spec(path)
+    return load_spec_with_overrides(path, list(overrides))
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="change the spec without editing it, e.g. problem.dim=64 'estimator[0].epsilon=[0.1,0.01]' "
+                        "seeds=[0,1] (YAML values; a list for a one-value key is a grid)")
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--where", action="append", default=[], metavar="COND",
+                   help="only the cells whose parameters match, e.g. 'estimator.kind=cdg,problem.dim=32' "
+                        "(COLUMN=VALUE, COLUMN!=VALUE, COLUMN=[A,B]; repeatable, all must hold)")
+    p.add_argument("--cell", action="append", default=[], metavar="ID",
+                   help="only this cell (its id, or a unique prefix of it; repeatable)")
+
+
+def _selection(args: argparse.Namespace) -> Any:
+    from gradsweep.select import parse_selection
+
+    return parse_selection(getattr(args, "where", []) or [], getattr(args, "cell", []) or [])
+
+
+def _selected(sweep: Any, args: argparse.Namespace) -> Any:
+    """The sweep with only the cells that ``--where``/``--cell`` keep (all without them)."""
+    from gradsweep.select import select_sweep
+
+    return select_sweep(sweep, _selection(args))
+
+
+def _progress_stream() -> Any:
+    """Where progress goes: stderr, or nowhere with -q (errors and the final summary still print)."""
+    return open(os.devnull, "w") if VERBOSITY < 0 else sys.stderr
+
+
+def quiet_ray() -> None:
+    """Hide Ray's own banners (token authentication, "Started a local Ray instance") unless -v.
+
+    Call after ``ray`` is imported: importing it sets its logger to INFO.
+    """
+    if VERBOSITY > 0:
+        return
+    import logging
+
+    logging.getLogger("ray").setLevel(logging.ERROR)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=1, sort_keys=False, default=str))
 
 
 def _executor(args: argparse.Namespace) -> Any:
@@ -91,6 +149,7 @@ def _executor(args: argparse.Namespace) -> Any:
         return LocalExecutor(hooks=hooks)
     from gradsweep.executors.ray_executor import RayExecutor, ensure_ray
 
+    quiet_ray()
     ensure_ray(args.address, num_cpus=args.num_cpus)
     return RayExecutor(
         max_in_flight=args.max_in_flight, chunk_size=args.chunk_size, max_retries=args.max_retries, hooks=hooks,
@@ -111,25 +170,43 @@ def _finish(result: Any) -> int:
 # -- subcommands -----------------------------------------------------------------------------------
 
 
-def _plan_arguments(p: argparse.ArgumentParser) -> None:
+def _spec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="the sweep spec (YAML)")
+    _add_overrides(p)
     p.add_argument("--results", default="results", metavar="DIR", help="results root (default: ./results); a path or a URI")
+    _add_selection(p)
+
+
+def _plan_arguments(p: argparse.ArgumentParser) -> None:
+    _spec_arguments(p)
+    p.add_argument("--json", action="store_true", help="print counts and the failed cells as JSON")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Print what ``run`` would do: cells per kind, done / failed / pending, cost. Runs nothing."""
     from gradsweep.runner import plan
     from gradsweep.spec.inert import inert_warnings
+    from gradsweep.store import SweepStore
 
-    sweep = _load_spec(args.spec)
-    print(plan(sweep, args.results).format())
-    for warning in inert_warnings(c.config for c in sweep.cells):
-        print(f"warning: {warning}", file=sys.stderr)
+    whole = _load_spec(args.spec, args.overrides)
+    sweep = _selected(whole, args)
+    p = plan(sweep, args.results)
+    if len(sweep.cells) < len(whole.cells):  # cells left out by --where/--cell are not "dropped"
+        p.dropped -= {c.id for c in whole.cells}
+    if args.json:
+        from gradsweep.views import plan_json
+
+        failures = SweepStore.for_sweep(args.results, sweep.name).failures() if p.failed else {}
+        _print_json(plan_json(p, sweep, failures))
+    else:
+        print(p.format())
+        for warning in inert_warnings(c.config for c in sweep.cells):
+            print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
-    _plan_arguments(p)
+    _spec_arguments(p)
     _execution_and_progress(p)
 
 
@@ -143,9 +220,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run every cell of the spec that is not done in RESULTS/<name>."""
     from gradsweep.runner import run
 
-    sweep = _load_spec(args.spec)
+    sweep = _selected(_load_spec(args.spec, args.overrides), args)
     executor = _executor(args)
-    return _finish(run(sweep, args.results, executor, progress_interval=args.progress_every))
+    return _finish(run(sweep, args.results, executor, stream=_progress_stream(), progress_interval=args.progress_every))
 
 
 def _folder_arguments(p: argparse.ArgumentParser) -> None:
@@ -157,6 +234,9 @@ def _status_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, help="with a job id: the cluster's dashboard, http://HEAD:8265")
     p.add_argument("--verify", action="store_true",
                    help="read every page of every cell file and check its checksum, as run and resume do (slower)")
+    _add_selection(p)
+    p.add_argument("--json", action="store_true", help="print counts and the failed cells (id, parameters, "
+                   "error, attempts) as JSON")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -165,15 +245,40 @@ def cmd_status(args: argparse.Namespace) -> int:
     from gradsweep.submit import cmd_job_status, is_job_id
 
     if is_job_id(args.folder):
-        return cmd_job_status(args.folder, args.address)
+        if not args.json:
+            return cmd_job_status(args.folder, args.address)
+        from dataclasses import asdict
 
-    st = status(args.folder, verify=args.verify)
-    print(st.format())
+        from gradsweep.submit import job_status
+
+        report = job_status(args.folder, address=args.address)
+        _print_json(asdict(report))
+        return EXIT_FAILED if report.status in ("FAILED", "STOPPED") else EXIT_OK
+
+    selection = _selection(args)
+    whole: set[str] = set()
+
+    def select(sweep: Any) -> Any:
+        from gradsweep.select import select_sweep
+
+        whole.update(c.id for c in sweep.cells)
+        return select_sweep(sweep, selection)
+
+    st = status(args.folder, verify=args.verify, select=select if selection else None)
+    if selection:  # cells left out by --where/--cell are not "dropped from the spec"
+        st.plan.dropped -= whole
+    if args.json:
+        from gradsweep.views import status_json
+
+        _print_json(status_json(st))
+    else:
+        print(st.format())
     return EXIT_OK if len(st.plan.done) == st.plan.total else EXIT_FAILED
 
 
 def _resume_arguments(p: argparse.ArgumentParser) -> None:
     _folder_arguments(p)
+    _add_selection(p)
     _execution_and_progress(p)
 
 
@@ -182,8 +287,41 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from gradsweep.runner import load_stored_sweep, run
 
     sweep, root = load_stored_sweep(args.folder)
+    sweep = _selected(sweep, args)
     executor = _executor(args)
-    return _finish(run(sweep, root, executor, progress_interval=args.progress_every))
+    return _finish(run(sweep, root, executor, stream=_progress_stream(), progress_interval=args.progress_every))
+
+
+def _cancel_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job", help="a job id printed by `gradsweep submit`")
+    p.add_argument("--address", default=None, help="the head node's dashboard, http://HEAD:8265")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="seconds to wait for the job to stop (default: 60)")
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Stop a submitted sweep: its in-flight cells are cancelled, the lock released, results kept."""
+    return _jobs().cmd_cancel(args)
+
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("tracker", choices=["mlflow"], help="the experiment tracker to log to")
+    p.add_argument("results", help="a sweep's results folder, RESULTS/NAME")
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="the MLflow tracking URI (default: a local ./mlruns store, offline)")
+    p.add_argument("--experiment", default=None, metavar="NAME", help="the experiment (default: the sweep's name)")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Log each done cell of a results folder as a run of an experiment tracker (idempotent)."""
+    from gradsweep.export.mlflow import ExportError, export_mlflow
+
+    try:
+        result = export_mlflow(args.results, tracking_uri=args.tracking_uri, experiment=args.experiment)
+    except ExportError as exc:
+        raise BadInput(str(exc)) from None
+    print(result.format())
+    return EXIT_OK
 
 
 def _jobs() -> Any:
@@ -205,6 +343,9 @@ COMMANDS: dict[str, Command] = {
                       lambda p: _jobs().add_submit_arguments(p), lambda a: _jobs().cmd_submit(a)),
     "logs": Command("print the output of a submitted job (--follow: until it ends)",
                     lambda p: _jobs().add_logs_arguments(p), lambda a: _jobs().cmd_logs(a)),
+    "cancel": Command("stop a submitted job: in-flight cells cancelled, lock released, results kept",
+                      _cancel_arguments, cmd_cancel),
+    "export": Command("log the cells of a results folder to an experiment tracker (mlflow)", _export_arguments, cmd_export),
 }
 
 
@@ -215,16 +356,26 @@ def _first_command(argv: Sequence[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
-def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
-    """The parser; a module-backed subcommand's own arguments are added only when it is chosen."""
+def _add_verbosity(p: argparse.ArgumentParser, default: Any) -> None:
+    p.add_argument("-q", "--quiet", action="count", default=default,
+                   help="print only errors and the final summary")
+    p.add_argument("-v", "--verbose", action="count", default=default,
+                   help="also show Ray's own banners and warnings (hidden by default)")
+
+
+def _build(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(
         prog="gradsweep", description="Gradient-estimator sweeps for binary neural networks, on Ray, to Parquet.",
     )
     parser.add_argument("--version", action="version", version=f"gradsweep {__version__}")
+    _add_verbosity(parser, 0)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = _first_command(argv)
+    subparsers: dict[str, argparse.ArgumentParser] = {}
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        subparsers[name] = p
+        _add_verbosity(p, argparse.SUPPRESS)  # given after the command; the top level's stays otherwise
         if cmd.module is not None:
             if name == chosen:
                 try:
@@ -232,18 +383,56 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                 except ImportError as exc:
                     raise BadInput(f"`gradsweep {name}` is not available: cannot import {cmd.module} ({exc})") from exc
                 module.add_arguments(p)
-                p.set_defaults(_run=module.run)
+                if name == "report":
+                    _add_selection(p)
+                p.set_defaults(_run=_with_selection(module.run) if name == "report" else module.run)
         else:
             assert cmd.add_arguments is not None and cmd.run is not None
             cmd.add_arguments(p)
             p.set_defaults(_run=cmd.run)
-    return parser
+    return parser, subparsers
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser; a module-backed subcommand's own arguments are added only when it is chosen."""
+    return _build(argv)[0]
+
+
+def _with_selection(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``report``'s run with ``args.select``: the parsed ``--where``/``--cell`` (None without them)."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        selection = _selection(args)
+        args.select = selection if selection else None
+        return run(args)
+
+    return wrapped
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; a word argparse does not know is an override where the command takes them,
+    else an error printed with the *subcommand's* usage (argparse would print the top level's)."""
+    from gradsweep.spec.overrides import is_override
+
+    parser, subparsers = _build(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        takes = hasattr(args, "overrides")
+        if takes:
+            args.overrides = list(args.overrides) + [w for w in extras if is_override(w)]
+        unknown = [w for w in extras if not (takes and is_override(w))]
+        if unknown:
+            subparsers[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
+    from gradsweep.select import SelectionError
     from gradsweep.store import StoreError
 
-    types: list[type[BaseException]] = [BadInput, StoreError, FileNotFoundError, NotADirectoryError, PermissionError]
+    types: list[type[BaseException]] = [
+        BadInput, StoreError, SelectionError, FileNotFoundError, NotADirectoryError, PermissionError,
+    ]
     try:
         from gradsweep.spec import SpecError
 
@@ -257,9 +446,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gradsweep`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     bad = _bad_input_types()
+    global VERBOSITY
     try:
-        parser = build_parser(argv)
-        args = parser.parse_args(argv)
+        args = _parse(argv)
+        VERBOSITY = int(args.verbose or 0) - int(args.quiet or 0)
+        if VERBOSITY <= 0:  # the autoscaler's "cannot be scheduled right now" lines (read when Ray loads)
+            os.environ.setdefault("RAY_SCHEDULER_EVENTS", "0")
         return int(args._run(args))
     except bad as exc:
         print(f"gradsweep: error: {_message(exc)}", file=sys.stderr)

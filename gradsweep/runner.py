@@ -22,10 +22,11 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import IO, Any, Mapping, Sequence
+from typing import IO, Any, Callable, Mapping, Sequence
 
 from gradsweep.spec.errors import Issue, SpecError
 from gradsweep.store import StoreError, SweepStore
+from gradsweep.views import failed_cell_params, format_params
 
 __all__ = [
     "Plan", "RunResult", "Status", "plan", "run", "resume", "status", "load_stored_sweep", "cell_cost",
@@ -526,6 +527,8 @@ class Status:
     failures: dict[str, dict[str, Any]]
     failures_folder: str
     lock: dict[str, Any] | None
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # failed cell -> flat parameters
+    varying: list[str] = field(default_factory=list)  # parameters that differ between the sweep's cells
 
     def format(self) -> str:
         p = self.plan
@@ -551,6 +554,8 @@ class Status:
             for cell_id in sorted(p.failed):
                 rec = self.failures.get(cell_id, {})
                 lines.append(f"    {cell_id}  {rec.get('error', '?')}  ({rec.get('attempts', '?')} attempts)")
+                if cell_id in self.params:
+                    lines.append(f"      {format_params(self.params[cell_id], self.varying)}")
             lines.append(f"  full tracebacks: {self.failures_folder}/<cell_id>.json")
         return "\n".join(lines)
 
@@ -567,13 +572,17 @@ def _lock_line(lock: Mapping[str, Any]) -> str:
     return f"  being run by {who} (running)"
 
 
-def status(folder: str | os.PathLike[str], *, verify: bool = False) -> Status:
-    """Done / failed / pending of the spec stored in ``folder``.
+def status(folder: str | os.PathLike[str], *, verify: bool = False,
+           select: Callable[[Any], Any] | None = None) -> Status:
+    """Done / failed / pending of the spec stored in ``folder`` (``select``: a subset of its sweep).
 
     Fast by default: cell files are checked by their ends and the cell id in their footers, and
     the output says so; ``verify=True`` reads every page as ``run`` and ``resume`` do.
     """
     sweep, root = load_stored_sweep(folder)
+    if select is not None:
+        sweep = select(sweep)
     p = plan(sweep, root, full=verify)
     store = SweepStore(folder)
-    return Status(p, store.failures(), store.failures_location, store.lock_holder())
+    params, varying = failed_cell_params(sweep.cells, p.failed) if p.failed else ({}, [])
+    return Status(p, store.failures(), store.failures_location, store.lock_holder(), params, varying)

@@ -962,6 +962,16 @@ class SweepStore:
             self._discard(self.lock_path)
         self._lock_token = None
 
+    def release_stale_lock(self, holder: Mapping[str, Any]) -> bool:
+        """Remove the lock if it is still exactly ``holder``, a driver known to be gone (a cancelled
+        job's, killed before it could release it); whether it was removed."""
+        current = self.lock_holder()
+        if not current or current.get("token") != holder.get("token"):
+            return False
+        self._discard(self.lock_path)
+        self.log_event("lock_released", previous=dict(current), why="its driver was stopped")
+        return True
+
     # -- events ------------------------------------------------------------------------------
     def log_event(self, event: str, **fields: Any) -> None:
         """Record one event (best effort: never fails a sweep).

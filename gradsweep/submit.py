@@ -31,6 +31,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -46,7 +47,7 @@ from gradsweep.errors import BadInput
 __all__ = [
     "SubmitError", "Submission", "JobReport", "resolve_address", "check_results_writable", "build_runtime_env",
     "submit", "job_status", "job_logs", "wait", "normalise_results", "is_job_id", "job_main", "add_submit_arguments", "cmd_submit",
-    "cmd_job_status", "cmd_logs", "add_logs_arguments",
+    "cmd_job_status", "cmd_logs", "add_logs_arguments", "cancel", "cmd_cancel", "CancelReport",
 ]
 
 DEFAULT_DASHBOARD_PORT = 8265
@@ -177,6 +178,7 @@ def _client(address: str | None, *, timeout: float = 10.0) -> Any:
         from ray.job_submission import JobSubmissionClient
     except ImportError as exc:  # pragma: no cover - ray[default] is a dependency
         raise SubmitError(f"submitting jobs needs 'ray[default]' installed here: {exc}") from None
+    quiet_ray()
     try:
         with _explicit_address():
             return JobSubmissionClient(url)
@@ -300,16 +302,18 @@ def submit(
     python: str = "python",
     submission_id: str | None = None,
     timeout: float = 10.0,
+    overrides: list[str] | None = None,
 ) -> Submission:
     """Validate the spec, check the cluster and the results location, and submit the sweep as a Ray job.
 
     Returns once the job is accepted (it may still be pending). ``run_args`` are passed on to
-    ``gradsweep run`` inside the job. Raises :class:`SubmitError` (or the spec's ``SpecError``)
-    before anything is submitted when something is wrong.
+    ``gradsweep run`` inside the job; ``overrides`` (``KEY=VALUE``) change the spec, and the job
+    runs the merged spec. Raises :class:`SubmitError` (or the spec's ``SpecError``) before anything
+    is submitted when something is wrong.
     """
-    from gradsweep.spec import load_spec
+    from gradsweep.spec.overrides import load_spec_with_overrides
 
-    sweep = load_spec(spec)  # SpecError: nothing is contacted
+    sweep = load_spec_with_overrides(spec, list(overrides or []))  # SpecError: nothing is contacted
     results = normalise_results(results)
     client = _client(address, timeout=timeout)
     url = resolve_address(address)
@@ -495,13 +499,124 @@ def job_main(argv: list[str] | None = None) -> int:
         print("gradsweep: no cell was run", file=sys.stderr)
         return 2
     print(f"gradsweep: sweep {sweep.name}: {len(sweep.cells)} cells, results in {args.results}/{sweep.name}", flush=True)
-    run = ["run", args.spec, "--results", args.results, *rest]
+    from gradsweep.cli import main as cli_main, quiet_ray  # the job runs the CLI (imported here, not at the top)
+
+    # `gradsweep cancel` (Ray's stop_job) sends SIGTERM: stop as Ctrl-C does, so the cells that
+    # arrived are written, those in flight are cancelled, and the lock is released. ray.init sets
+    # its own SIGTERM handler (sys.exit), so Ray is joined first and ours is set after it.
+    from gradsweep.executors.ray_executor import ensure_ray  # imports ray, which resets its log level
+
+    if not {"-v", "--verbose"} & set(rest):
+        quiet_ray()
+    spec_path = os.path.abspath(args.spec)  # joining Ray may change the working folder
+    given = [rest[i + 1] for i, a in enumerate(rest[:-1]) if a == "--address"]
+    ensure_ray(given[-1] if given else "auto")
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+
+    run = ["run", spec_path, "--results", args.results, *rest]
     if "--address" not in rest:
         run += ["--address", "auto"]  # the cluster this job runs in (Ray sets RAY_ADDRESS)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # The job becomes `gradsweep run` (same process id, so cancelling the job stops it).
-    os.execv(sys.executable, [sys.executable, "-m", "gradsweep", *run])
+    return int(cli_main(run) or 0)
+
+
+def _terminate_as_interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM handled as the SIGINT handler in force at that moment would handle SIGINT."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
+
+
+# ------------------------------------------------------------------------------- cancel
+
+
+@dataclass
+class CancelReport:
+    """What ``gradsweep cancel`` did: the job's final status and what it left in the results folder."""
+
+    job_id: str
+    status: str
+    was: str
+    lock_released_here: bool = False
+    lock_left: dict[str, Any] | None = None
+    progress: JobReport | None = None
+
+    def lines(self) -> list[str]:
+        if self.was in TERMINAL:
+            return [f"job {self.job_id} had already ended ({self.was}): nothing to cancel"]
+        out = [f"job {self.job_id}: {self.status}" + (" (cancelled)" if self.status == "STOPPED" else "")]
+        rep = self.progress
+        if rep and rep.sweep and rep.done is not None:
+            out.append(f"sweep {rep.sweep}: {rep.done}/{rep.cells} cells done and kept in {rep.results}/{rep.sweep}, "
+                       f"{rep.failed or 0} failed; `gradsweep submit` the spec again (or `gradsweep resume` "
+                       f"there) to run the rest")
+        elif rep and rep.sweep:
+            out.append(f"sweep {rep.sweep}: results kept in {rep.results}/{rep.sweep} "
+                       f"(not readable from here: {rep.progress_error})")
+        if self.lock_released_here:
+            out.append("the job's driver was killed before it could release the sweep's lock: released it here")
+        elif self.lock_left:
+            out.append(f"the sweep's lock is still held by pid {self.lock_left.get('pid')} on "
+                       f"{self.lock_left.get('host')}; it is released when that driver ends")
+        return out
+
+
+def cancel(job_id: str, *, address: str | None, timeout: float = 60.0, poll: float = 0.5) -> CancelReport:
+    """Stop a submitted sweep and wait until it has stopped.
+
+    Ray sends the job's driver SIGTERM, which it handles as Ctrl-C (:func:`job_main`): the cells
+    that arrived are written, the cells in flight are cancelled, the lock is released; cell files
+    already written are never touched. If the driver was killed before releasing the lock (Ray
+    kills it a few seconds after SIGTERM), the lock is released here when the results folder is
+    reachable and the lock is that driver's.
+    """
+    client = _client(address)
+    try:
+        info = client.get_job_info(job_id)
+    except Exception as exc:
+        raise SubmitError(f"no job {job_id!r} on the cluster at {resolve_address(address)}: {exc}") from None
+    was = _status_text(info.status)
+    report = CancelReport(job_id=job_id, status=was, was=was)
+    if was in TERMINAL:
+        return report
+    try:
+        client.stop_job(job_id)
+    except Exception as exc:
+        raise SubmitError(f"the cluster at {resolve_address(address)} refused to stop job {job_id}: {exc}") from None
+    deadline = time.monotonic() + timeout
+    while (status := _status_text(client.get_job_status(job_id))) not in TERMINAL:
+        if time.monotonic() > deadline:
+            raise SubmitError(f"job {job_id} did not stop within {timeout:g} s (status {status}); "
+                              f"see 'gradsweep logs {job_id}'")
+        time.sleep(poll)
+    report.status = status
+    info = client.get_job_info(job_id)
+    meta = _metadata(info)
+    if meta.get("sweep") and meta.get("results"):
+        driver = getattr(info, "driver_info", None)
+        report.lock_released_here, report.lock_left = _release_dead_drivers_lock(
+            meta["results"], meta["sweep"], getattr(driver, "pid", None))
+    report.progress = job_status(job_id, address=address)
+    return report
+
+
+def _release_dead_drivers_lock(results: str, sweep: str, driver_pid: Any) -> tuple[bool, dict[str, Any] | None]:
+    """Release the lock a stopped job's driver left behind; (released, lock still there)."""
+    from gradsweep.store import SweepStore
+
+    try:
+        store = SweepStore.for_sweep(results, sweep)
+        holder = store.lock_holder()
+    except Exception:  # a URI this machine cannot read: nothing to do from here
+        return False, None
+    if not holder:
+        return False, None
+    pid = holder.get("pid")
+    mine = driver_pid is not None and str(pid) == str(driver_pid)
+    if mine and store.release_stale_lock(holder):
+        return True, None
+    return False, holder
 
 
 # ------------------------------------------------------------------------------- CLI pieces
@@ -510,6 +625,8 @@ def job_main(argv: list[str] | None = None) -> int:
 def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``gradsweep submit``."""
     parser.add_argument("spec", help="the sweep's YAML spec")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="change the spec without editing it, e.g. problem.dim=64 seeds=[0,1] (as for run)")
     parser.add_argument("--address", default=None,
                         help=f"the head node's dashboard, http://HEAD:{DEFAULT_DASHBOARD_PORT} "
                              "(default: $RAY_API_SERVER_ADDRESS or $RAY_ADDRESS)")
@@ -532,7 +649,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     run_args = shlex.split(args.run_args or "")
     sub = submit(args.spec, address=args.address, results=args.results, runtime_env=extra, pip=args.pip,
-                 run_args=run_args)
+                 run_args=run_args, overrides=list(getattr(args, "overrides", []) or []))
     print(sub.job_id)
     print(f"submitted sweep {sub.sweep} ({sub.cells} cells) to {sub.address}; results in {sub.results}/{sub.sweep}",
           file=sys.stderr)
@@ -549,6 +666,13 @@ def cmd_job_status(job_id: str, address: str | None) -> int:
     report = job_status(job_id, address=address)
     print("\n".join(report.lines()))
     return 1 if report.status in ("FAILED", "STOPPED") else 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """``gradsweep cancel JOB``: 0 once the job has stopped (or had already ended)."""
+    report = cancel(args.job, address=args.address, timeout=args.timeout)
+    print("\n".join(report.lines()))
+    return 0
 
 
 def add_logs_arguments(parser: argparse.ArgumentParser) -> None:

@@ -95,3 +95,48 @@ def test_exit_codes_follow_the_cells_failed_then_fixed(tiny_spec: Path, tmp_path
     assert main(["status", folder]) == 0
     assert "done 8, failed 0, pending 0" in capsys.readouterr().out
     assert main(["plan", str(tiny_spec), "--results", str(tmp_path)]) == 0
+
+
+@pytest.mark.parametrize("command", ["run", "status", "plan", "report", "cancel"])
+def test_an_unknown_option_prints_the_subcommands_usage(command: str, tiny_spec: Path, capsys):
+    first = str(tiny_spec) if command in ("run", "plan", "report") else "x"
+    with pytest.raises(SystemExit) as exit_:
+        main([command, first, "--no-such-option"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: gradsweep {command} ")
+    assert "unrecognized arguments: --no-such-option" in err
+
+
+def test_a_stray_word_is_not_taken_for_an_override_where_none_are_taken(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit):
+        main(["status", str(tmp_path), "problem.dim=3"])
+    assert "usage: gradsweep status" in capsys.readouterr().err
+
+
+def test_quiet_prints_only_the_summary(tiny_spec: Path, tmp_path: Path, capsys):
+    assert main(["run", str(tiny_spec), "--results", str(tmp_path), "--local", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"sweep tiny: 8/8 cells done, 0 failed; results in {tmp_path}/tiny"]
+    assert main(["-q", "run", str(tiny_spec), "--results", str(tmp_path), "--local"]) == 0
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_rays_banners_are_hidden_unless_verbose(tiny_spec: Path, tmp_path: Path, cli_env: dict):
+    """A real embedded Ray in a subprocess: Ray's own lines appear with -v only."""
+    banner = "Token authentication is"  # "... enabled (or disabled) for this Ray cluster": RAY_AUTH_MODE unset
+    env = {k: v for k, v in cli_env.items() if k != "RAY_AUTH_MODE"}
+
+    def run(*extra: str) -> str:
+        proc = subprocess.run(
+            [PYTHON, "-m", "gradsweep", "run", str(tiny_spec), "--results", str(tmp_path), "--num-cpus", "1",
+             "--where", "problem.dim=4,seed=0,estimator.kind=cdg", *extra],
+            env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr
+
+    quiet = run()
+    assert banner not in quiet and "1/1 cells done" in quiet
+    assert banner in run("-v")

@@ -94,3 +94,20 @@ def test_cli_submit_reports_a_bad_spec_before_contacting_the_cluster(tmp_path: P
     assert main(["submit", str(spec), "--address", "http://127.0.0.1:1"]) == 2
     err = capsys.readouterr().err
     assert "invalid spec" in err and "cannot reach" not in err
+
+
+def test_cancel_releases_only_the_lock_of_the_stopped_jobs_driver(tmp_path: Path) -> None:
+    """The fallback of `gradsweep cancel` when Ray killed the driver before it released the lock."""
+    import os
+
+    from gradsweep.store import SweepStore
+
+    store = SweepStore(tmp_path / "sweep")
+    store.create()
+    store.acquire_lock()  # stands for the job's driver, pid os.getpid()
+    released, left = sub._release_dead_drivers_lock(str(tmp_path), "sweep", os.getpid() + 1)
+    assert not released and left is not None and left["pid"] == os.getpid()  # another driver's lock stays
+    released, left = sub._release_dead_drivers_lock(str(tmp_path), "sweep", os.getpid())
+    assert released and left is None and store.lock_holder() is None
+    assert store.events()[-1]["event"] == "lock_released"
+    assert sub._release_dead_drivers_lock(str(tmp_path), "sweep", os.getpid()) == (False, None)

@@ -15,9 +15,9 @@ import argparse
 import importlib
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 
@@ -111,11 +111,32 @@ def _section_module(name: str):
     return importlib.import_module(name if "." in name else f"gradsweep.analysis.sections.{name}")
 
 
-def build_report(folder: str | Path | Sequence[str | Path], out_dir: str | Path | None = None) -> Report:
+def select_cells(data: ResultsData, select: Any) -> ResultsData:
+    """Only the cells ``select`` keeps: an object with ``mask(frame) -> bool Series`` over a frame of
+    ``cell_id`` and the flat parameter columns (``gradsweep.select.Selection``, from ``--where``/``--cell``)."""
+    cells = data.cells.reset_index()
+    keep = set(cells.loc[select.mask(cells).to_numpy(), "cell_id"])
+    if not keep:
+        raise ResultsError(f"{select.describe()}: no cell of {str(data.folder)!r} matches")
+    rows = data.rows[data.rows["cell_id"].isin(keep)].copy()
+    rows["cell_id"] = rows["cell_id"].cat.remove_unused_categories()
+    return replace(
+        data, rows=rows, cells=data.cells[data.cells.index.isin(keep)],
+        failures=[f for f in data.failures if f.cell_id in keep],
+        expected_cell_ids=None if data.expected_cell_ids is None else data.expected_cell_ids & keep,
+        _records={}, _memo={},
+    )
+
+
+def build_report(folder: str | Path | Sequence[str | Path], out_dir: str | Path | None = None, *,
+                 select: Any = None) -> Report:
     """Write the report of a results folder, or of several compared; raises
-    :class:`ResultsError` on bad input (also an unwritable report folder)."""
+    :class:`ResultsError` on bad input (also an unwritable report folder). ``select``: only the
+    cells it keeps (:func:`select_cells`); None: every cell."""
     folders = [folder] if isinstance(folder, (str, Path)) else list(folder)
     data = load_results(folders)
+    if select is not None:
+        data = select_cells(data, select)
     out = Path(out_dir) if out_dir is not None else report_location(*folders)
     figures_dir = out / "figures"
     try:
@@ -144,7 +165,7 @@ def build_report(folder: str | Path | Sequence[str | Path], out_dir: str | Path 
 def run(args: argparse.Namespace) -> int:
     """Run ``report`` for parsed arguments; 0 ok, 1 a section failed, 2 bad input."""
     try:
-        report = build_report(args.results, args.out)
+        report = build_report(args.results, args.out, select=getattr(args, "select", None))
     except ResultsError as err:
         print(f"gradsweep report: {err}", file=sys.stderr)
         return 2
