@@ -284,12 +284,11 @@ def _resume_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Run the failed and missing cells of the spec stored in the folder."""
-    from gradsweep.runner import load_stored_sweep, run
+    from gradsweep.runner import resume
 
-    sweep, root = load_stored_sweep(args.folder)
-    sweep = _selected(sweep, args)
     executor = _executor(args)
-    return _finish(run(sweep, root, executor, stream=_progress_stream(), progress_interval=args.progress_every))
+    return _finish(resume(args.folder, executor, select=lambda sweep: _selected(sweep, args),
+                          stream=_progress_stream(), progress_interval=args.progress_every))
 
 
 def _cancel_arguments(p: argparse.ArgumentParser) -> None:

@@ -513,9 +513,13 @@ def load_stored_sweep(folder: str | os.PathLike[str]) -> tuple[Any, str]:
     return sweep, root
 
 
-def resume(folder: str | os.PathLike[str], executor: Any, **kwargs: Any) -> RunResult:
-    """Run the failed and missing cells of the spec stored in ``folder``."""
+def resume(folder: str | os.PathLike[str], executor: Any, *, select: Callable[[Any], Any] | None = None,
+           **kwargs: Any) -> RunResult:
+    """Run the failed and missing cells of the spec stored in ``folder`` (``select``: of a subset
+    of its sweep, as ``--where``/``--cell`` give it)."""
     sweep, root = load_stored_sweep(folder)
+    if select is not None:
+        sweep = select(sweep)
     return run(sweep, root, executor, **kwargs)
 
 

@@ -14,11 +14,11 @@ table (report: :meth:`Selection.mask` on its flat parameter columns). Imports no
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
+from gradsweep.declare import did_you_mean
 from gradsweep.results_schema import flatten_cell, param_fields
 
 __all__ = ["SelectionError", "Condition", "Selection", "FlatParams", "parse_selection", "select_cells", "select_sweep"]
@@ -94,9 +94,8 @@ def _condition(text: str) -> Condition:
         raise SelectionError(f"--where {text!r}: expected COLUMN=VALUE or COLUMN!=VALUE, e.g. estimator.kind=cdg")
     columns = _columns()
     if column not in columns:
-        near = difflib.get_close_matches(column, columns, n=1, cutoff=0.6)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise SelectionError(f"--where {text!r}: no parameter column {column!r}{hint} (columns: docs/results.md)")
+        raise SelectionError(f"--where {text!r}: no parameter column {column!r}{did_you_mean(column, columns)} "
+                             "(columns: docs/results.md)")
     try:
         parsed = _parse_value(value)
     except SelectionError as exc:
