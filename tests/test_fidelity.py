@@ -95,7 +95,7 @@ def test_a_folder_written_before_the_parameters_resumes_with_nothing_to_do(tmp_p
     assert (len(p.done), p.pending, len(p.dropped)) == (4, 0, 0)
 
     # The reader fills the missing columns with the introduced values, where they apply.
-    from analysis.core import load_results
+    from gradsweep.analysis.core import load_results
 
     cells = load_results(folder).cells
     assert set(cells["problem.init"]) == {"normal"}
