@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from array import array
 import random
 import signal
 import sys
@@ -135,7 +136,7 @@ class Plan:
     total: int
     done: set[str]
     failed: set[str]
-    todo: list[str]  # every cell not done (failed ones included), in spec order
+    todo_count: int  # cells not done (failed ones included)
     invalid: dict[str, str]
     dropped: set[str]
     added: int | None
@@ -146,7 +147,7 @@ class Plan:
     @property
     def pending(self) -> int:
         """Cells never run (or whose file was lost), failures not counted."""
-        return len(self.todo) - len(self.failed)
+        return self.todo_count - len(self.failed)
 
     def format(self) -> str:
         """The plan as the text ``gradsweep plan`` prints."""
@@ -182,6 +183,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
 
 
+def _rate(cells_per_second: float) -> str:
+    """Cells per second, readable from 1 cell a day to thousands a second."""
+    if cells_per_second >= 10:
+        return f"{cells_per_second:.0f} cells/s"
+    if cells_per_second >= 0.1 or cells_per_second == 0:
+        return f"{cells_per_second:.1f} cells/s"
+    return f"{cells_per_second * 3600:.1f} cells/h"
+
+
 def _calibration(store: SweepStore, done: Sequence[str], sample: int = 32) -> float | None:
     """Seconds per unit of :func:`cell_cost`, from the footers of a sample of done cells."""
     ids = list(done)
@@ -199,70 +209,90 @@ def _calibration(store: SweepStore, done: Sequence[str], sample: int = 32) -> fl
     return seconds / cost if cost > 0 and seconds > 0 else None
 
 
-def _stored_ids(store: SweepStore) -> set[str] | None:
+def _added(store: SweepStore, in_spec: Any) -> int | None:
+    """How many cells of ``in_spec`` (a packed id array) the stored spec does not have; None if unreadable."""
+    import numpy as np
+
     text = store.read_spec()
     if text is None:
         return None
     try:
-        return {c.id for c in _sweep_from_text(text, store.spec_path).cells}
+        stored = _packed_ids(_sweep_from_text(text, store.spec_path).iter_cells())
     except Exception:  # a stored spec this version cannot read: no "added" count
         return None
+    return int(np.count_nonzero(~np.isin(in_spec, stored)))
+
+
+def _packed_ids(cells: Any) -> Any:
+    """Cell ids as one uint64 array (8 bytes a cell, not ~70 for a str in a set)."""
+    import numpy as np
+
+    return np.fromiter((int(c.id, 16) for c in cells), dtype=np.uint64)
 
 
 def plan(sweep: Any, results: str | os.PathLike[str], *, full: bool = False) -> Plan:
     """Compare ``sweep`` (a ``gradsweep.spec.Sweep``) with ``<results>/<sweep.name>``. Runs nothing.
 
     ``full=True`` parses every cell file's footer (as ``run`` does) instead of checking its ends.
+    The cells are walked once, lazily: memory grows with the done and failed cells, not the sweep.
     """
     store = SweepStore.for_sweep(results, sweep.name)
     scan = store.scan(full=full)
-    failures_known = scan.failed
-    in_spec = {c.id for c in sweep.cells}
-    done = scan.done & in_spec
-    failed = failures_known & in_spec
-    todo: list[str] = []
+    known_done, known_failed = scan.done, scan.failed
+    done: set[str] = set()
+    failed: set[str] = set()
+    total = todo = 0
     by_kind: dict[tuple[str, str], Counter] = {}
     total_cost = 0.0
+    stored_text = store.read_spec()
+    keep_ids = stored_text is not None and stored_text != sweep.source_text
+    ids = array("Q")  # the ids as 64-bit numbers, only when "added" must be counted
     # Cells of one grid share their nested mappings (only the seed differs), so kinds and cost are
     # computed once per distinct (problem, estimator, measure, step) object: plan stays fast at 200k.
-    memo: dict[tuple, tuple[tuple[str, str], float]] = {}
-    seen: set[str] = set()
-    for cell in sweep.cells:
+    memo: dict[tuple, tuple[Counter, float]] = {}
+    for cell in sweep.iter_cells():  # each cell once: the expansion makes no repeats
         cid = cell.id
-        if cid in seen:
-            continue
-        seen.add(cid)
+        total += 1
+        if keep_ids:
+            ids.append(int(cid, 16))
         cfg = cell.config
         key = (id(cfg.get("problem")), id(cfg.get("estimator")), id(cfg.get("measure")), id(cfg.get("step")), cfg.get("experiment"))
         entry = memo.get(key)
         if entry is None:
-            entry = memo[key] = (_kinds(cfg), cell_cost(cfg))
-        counts = by_kind.get(entry[0])
-        if counts is None:
-            counts = by_kind[entry[0]] = Counter()
+            kinds = _kinds(cfg)
+            counts = by_kind.get(kinds)
+            if counts is None:
+                counts = by_kind[kinds] = Counter()
+            entry = memo[key] = (counts, cell_cost(cfg))
+        counts = entry[0]
         counts["total"] += 1
-        if cid in done:
+        if cid in known_done:
+            done.add(cid)
             counts["done"] += 1
         else:
-            todo.append(cid)
-            counts["failed" if cid in failed else "pending"] += 1
+            todo += 1
+            if cid in known_failed:
+                failed.add(cid)
+                counts["failed"] += 1
+            else:
+                counts["pending"] += 1
             total_cost += entry[1]
     per_unit = _calibration(store, sorted(done)) if done else None
     if per_unit is None:
         estimate, source = total_cost / _FLOPS_PER_SECOND, "rough, from the cells' sizes"
     else:
         estimate, source = total_cost * per_unit, "from the cells' sizes, calibrated on measured cell_seconds"
-    stored_text = store.read_spec()
     if stored_text is None:
         added = None
-    elif stored_text == sweep.source_text:
+    elif not keep_ids:
         added = 0
     else:
-        stored = _stored_ids(store)
-        added = None if stored is None else len(in_spec - stored)
+        import numpy as np
+
+        added = _added(store, np.frombuffer(ids, dtype=np.uint64))
     return Plan(
-        sweep=sweep.name, folder=store.location, total=len(in_spec), done=done, failed=failed,
-        todo=todo, invalid={k: v for k, v in scan.invalid.items()}, dropped=(scan.done - in_spec),
+        sweep=sweep.name, folder=store.location, total=total, done=done, failed=failed,
+        todo_count=todo, invalid={k: v for k, v in scan.invalid.items()}, dropped=(known_done - done),
         added=added, by_kind=by_kind, estimate_seconds=estimate, estimate_source=source,
     )
 
@@ -282,20 +312,30 @@ class Progress:
         self.start = time.monotonic()
         self._last = 0.0
         self.done = self.failed = self.running = 0
+        self.done_before: int | None = None  # cells already done when the run started (not in cells/s)
+
+    @property
+    def finished_here(self) -> int:
+        """Cells finished by this run (done or failed), the basis of cells/s and the ETA."""
+        return self.done + self.failed - (self.done_before or 0)
 
     def line(self) -> str:
         finished = self.done + self.failed
         elapsed = time.monotonic() - self.start
-        eta = elapsed / finished * (self.total - finished) if finished else float("nan")
+        here = self.finished_here
+        eta = elapsed / here * (self.total - finished) if here else float("nan")
         width = 24
         filled = int(width * finished / self.total) if self.total else width
         bar = "#" * filled + "." * (width - filled)
+        rate = self.finished_here / elapsed if elapsed > 0 else 0.0
         return (
             f"[{bar}] {finished}/{self.total}: {self.done} done, {self.failed} failed, "
-            f"{self.running} running, elapsed {_duration(elapsed)}, ETA {_duration(eta)}"
+            f"{self.running} running, {_rate(rate)}, elapsed {_duration(elapsed)}, ETA {_duration(eta)}"
         )
 
     def update(self, *, done: int, failed: int, running: int, force: bool = False) -> None:
+        if self.done_before is None:
+            self.done_before = done + failed
         self.done, self.failed, self.running = done, failed, running
         now = time.monotonic()
         if not force and now - self._last < self.interval:
@@ -367,16 +407,27 @@ def run(
     *,
     stream: IO[str] | None = None,
     progress_interval: float = 10.0,
+    retries: int = 0,
 ) -> RunResult:
     """Run every cell of ``sweep`` not done in ``<results>/<sweep.name>`` on ``executor``.
 
-    Holds the folder's lock throughout (:class:`gradsweep.store.LockHeld` if another driver has
-    it), stores the spec, quarantines corrupt cell files, then writes each outcome as it arrives:
-    a cell file, or a failure record. Ctrl-C stops: results already arrived are written, the rest
-    is cancelled, and nothing is half-written.
+    First asks the executor whether every cell can run at all (:class:`Unsatisfiable` otherwise,
+    before the folder is touched). Then holds the folder's lock throughout
+    (:class:`gradsweep.store.LockHeld` if another driver has it), stores the spec, quarantines
+    corrupt cell files, and writes each outcome as it arrives: a cell file, or a failure record. A
+    failing cell is run again up to ``retries`` times before it is recorded failed; the record keeps
+    every attempt's error. Ctrl-C stops: results already arrived are written, the rest is
+    cancelled, and nothing is half-written.
     """
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise ValueError(f"retries: expected an integer >= 0, got {retries!r}")
     out = stream if stream is not None else sys.stderr
     store = SweepStore.for_sweep(results, sweep.name)
+    try:
+        executor.check(_distinct_shapes(sweep.cells))
+    except BaseException:
+        executor.close()
+        raise
     store.create()
     message = store.acquire_lock()
     if message:
@@ -398,7 +449,8 @@ def run(
         store.log_event("run_started", cells=len(ids), todo=len(todo), pid=os.getpid())
         if todo:
             print(f"sweep {sweep.name}: {len(todo)} of {len(ids)} cells to run -> {store.location}", file=out)
-            _drive(store, todo, executor, result, Progress(len(ids), stream=out, interval=progress_interval))
+            _drive(store, todo, executor, result, Progress(len(ids), stream=out, interval=progress_interval),
+                   retries=retries)
         store.log_event(
             "run_ended", done=result.done, failed=len(result.failed), interrupted=result.interrupted,
         )
@@ -408,22 +460,42 @@ def run(
         store.release_lock()
 
 
-def _drive(store: SweepStore, todo: list[Any], executor: Any, result: RunResult, progress: Progress) -> None:
+def _distinct_shapes(cells: Any) -> list[Any]:
+    """One cell per distinct (resources, device) pair: all an executor's up-front check needs."""
+    seen: dict[tuple, Any] = {}
+    for cell in cells:
+        key = (id(cell.resources), cell.config.get("device"))
+        if key not in seen:
+            seen[key] = cell
+    return list(seen.values())
+
+
+def _drive(
+    store: SweepStore, todo: list[Any], executor: Any, result: RunResult, progress: Progress, *, retries: int = 0,
+) -> None:
     failed: set[str] = set()
+    cells = {c.id: c for c in todo} if retries else {}
+    earlier: dict[str, list[dict[str, Any]]] = {}  # cell id -> its failed attempts so far
     with _Interrupt() as interrupt:
         executor.submit(todo, sweep=result.sweep)
         progress.update(done=result.done, failed=0, running=executor.running, force=True)
         try:
             while executor.pending and not interrupt.flag:
                 for outcome in executor.wait(timeout=0.5):
-                    _record(store, outcome, result, failed)
+                    if not outcome.ok and len(earlier.get(outcome.cell_id, ())) < retries and not interrupt.flag:
+                        earlier.setdefault(outcome.cell_id, []).append(_attempt(outcome))
+                        print(f"cell {outcome.cell_id}: {outcome.error}; retrying "
+                              f"({len(earlier[outcome.cell_id])} of {retries})", file=progress.stream)
+                        executor.submit([cells[outcome.cell_id]], sweep=result.sweep)
+                        continue
+                    _record(store, outcome, result, failed, earlier.pop(outcome.cell_id, []))
                 progress.update(done=result.done, failed=len(failed), running=executor.running)
             if interrupt.flag:
                 # results that already arrived are kept; tasks killed by the Ctrl-C (a terminal
                 # signals the workers too) are not failures of their cells
                 for outcome in executor.wait(timeout=0):
                     if not getattr(outcome, "lost", False):
-                        _record(store, outcome, result, failed)
+                        _record(store, outcome, result, failed, earlier.pop(outcome.cell_id, []))
                 cancelled = executor.cancel()
                 result.interrupted = True
                 print(
@@ -436,7 +508,17 @@ def _drive(store: SweepStore, todo: list[Any], executor: Any, result: RunResult,
             progress.close()
 
 
-def _record(store: SweepStore, outcome: Any, result: RunResult, failed: set[str]) -> None:
+def _attempt(outcome: Any) -> dict[str, Any]:
+    """One failed attempt of a cell, as kept in its failure record."""
+    return {
+        "error": outcome.error, "traceback": outcome.traceback, "host": outcome.host,
+        "device": outcome.device, "seconds": outcome.seconds,
+    }
+
+
+def _record(
+    store: SweepStore, outcome: Any, result: RunResult, failed: set[str], earlier: Sequence[dict[str, Any]] = (),
+) -> None:
     result.ran += 1
     if outcome.ok:
         store.write_cell(outcome.cell_id, outcome.data)
@@ -444,11 +526,14 @@ def _record(store: SweepStore, outcome: Any, result: RunResult, failed: set[str]
         failed.discard(outcome.cell_id)
         return
     failed.add(outcome.cell_id)
+    errors = [*earlier, _attempt(outcome)]
     store.record_failure(
         outcome.cell_id,
         {
-            "error": outcome.error, "traceback": outcome.traceback, "attempts": outcome.attempts,
+            "error": outcome.error, "traceback": outcome.traceback,
+            "attempts": len(earlier) + outcome.attempts,
             "host": outcome.host, "device": outcome.device, "seconds": outcome.seconds,
+            "errors": errors,
         },
     )
 
