@@ -48,11 +48,43 @@ def _add_execution_arguments(p: argparse.ArgumentParser) -> None:
                    help="Ray tasks submitted at once (default: twice the cells the cluster runs at once)")
     p.add_argument("--chunk-size", type=_positive_int, default=None, metavar="N",
                    help="cells per Ray task (default: adapts so a task lasts about a second)")
-    p.add_argument("--max-retries", type=int, default=3, metavar="N",
-                   help="retries of a task whose worker process died (default: 3)")
+    p.add_argument("--max-retries", type=_non_negative_int, default=3, metavar="N",
+                   help="runs again of a cell whose worker process died (default: 3)")
     p.add_argument("--num-cpus", type=_positive_int, default=None, metavar="N",
                    help="CPUs of the embedded Ray (default: all of this machine's)")
     p.add_argument("--local", action="store_true", help="run the cells one by one in this process, without Ray (debugging)")
+    p.add_argument("--ray", action="store_true",
+                   help="use Ray even for a sweep small enough to run in this process (default: a sweep estimated "
+                        f"at under {SMALL_SWEEP_SECONDS:g} s of work runs in-process, unless --address is given)")
+    p.add_argument("--timeout", type=_positive_float, default=None, metavar="S",
+                   help="stop a cell after S seconds and record it failed ('timed out'); a spec's "
+                        "resources.timeout wins (default: no limit)")
+    p.add_argument("--retries", type=_non_negative_int, default=0, metavar="N",
+                   help="run a failing cell again up to N times before recording it failed, keeping every "
+                        "attempt's error (default: 0)")
+
+
+SMALL_SWEEP_SECONDS = 5.0  # a sweep estimated below this runs in-process: Ray's start-up would dominate
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -71,23 +103,43 @@ def _load_spec(path: str) -> Any:
     return load_spec(path)
 
 
-def _executor(args: argparse.Namespace) -> Any:
+def _executor(args: argparse.Namespace, sweep: Any = None) -> Any:
+    """The executor the options ask for. Ray is started in the background (:class:`_LazyRay`), so
+    that its start-up overlaps the checks of the results folder; a small sweep runs in-process."""
     from gradsweep.executors.base import FaultHooks
 
     try:
         hooks = FaultHooks.from_env()
     except ValueError as exc:
         raise BadInput(str(exc)) from None
+    timeout = getattr(args, "timeout", None)
+    if not args.local and sweep is not None and not (args.ray or args.address):
+        seconds = _small_sweep_seconds(sweep)
+        if seconds is not None:
+            print(f"sweep {sweep.name}: about {seconds:.1f} s of work estimated: running it in this process "
+                  "(--ray to use Ray)", file=sys.stderr)
+            args.local = True
     if args.local:
         from gradsweep.executors.local import LocalExecutor
 
-        return LocalExecutor(hooks=hooks)
-    from gradsweep.executors.ray_executor import RayExecutor, ensure_ray
+        return LocalExecutor(hooks=hooks, timeout=timeout)
+    from gradsweep.executors.background import LazyRay
 
-    ensure_ray(args.address, num_cpus=args.num_cpus)
-    return RayExecutor(
-        max_in_flight=args.max_in_flight, chunk_size=args.chunk_size, max_retries=args.max_retries, hooks=hooks,
+    return LazyRay(
+        address=args.address, num_cpus=args.num_cpus,
+        options=dict(max_in_flight=args.max_in_flight, chunk_size=args.chunk_size, max_retries=args.max_retries,
+                     hooks=hooks, timeout=timeout),
     )
+
+
+def _small_sweep_seconds(sweep: Any, limit: int = 1000) -> float | None:
+    """The estimated seconds of a sweep of at most ``limit`` cells if under the small-sweep bound, else None."""
+    if len(sweep) > limit:
+        return None
+    from gradsweep.runner import estimate_seconds
+
+    seconds = estimate_seconds(sweep.iter_cells())
+    return seconds if seconds < SMALL_SWEEP_SECONDS else None
 
 
 def _finish(result: Any) -> int:
@@ -133,8 +185,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gradsweep.runner import run
 
     sweep = _load_spec(args.spec)
-    executor = _executor(args)
-    return _finish(run(sweep, args.results, executor, progress_interval=args.progress_every))
+    executor = _executor(args, sweep)
+    return _finish(run(sweep, args.results, executor, progress_interval=args.progress_every, retries=args.retries))
 
 
 def _folder_arguments(p: argparse.ArgumentParser) -> None:
@@ -169,8 +221,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from gradsweep.runner import load_stored_sweep, run
 
     sweep, root = load_stored_sweep(args.folder)
-    executor = _executor(args)
-    return _finish(run(sweep, root, executor, progress_interval=args.progress_every))
+    executor = _executor(args, sweep)
+    return _finish(run(sweep, root, executor, progress_interval=args.progress_every, retries=args.retries))
 
 
 def _jobs() -> Any:
@@ -226,9 +278,12 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
+    from gradsweep.executors.base import Unsatisfiable
     from gradsweep.store import StoreError
 
-    types: list[type[BaseException]] = [BadInput, StoreError, FileNotFoundError, NotADirectoryError, PermissionError]
+    types: list[type[BaseException]] = [
+        BadInput, StoreError, Unsatisfiable, FileNotFoundError, NotADirectoryError, PermissionError,
+    ]
     try:
         from gradsweep.spec import SpecError
 

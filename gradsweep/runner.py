@@ -27,7 +27,10 @@ from typing import IO, Any, Mapping, Sequence
 
 from gradsweep.store import StoreError, SweepStore
 
-__all__ = ["Plan", "RunResult", "Status", "plan", "run", "resume", "status", "load_stored_sweep", "cell_cost"]
+__all__ = [
+    "Plan", "RunResult", "Status", "plan", "run", "resume", "status", "load_stored_sweep", "cell_cost",
+    "estimate_seconds",
+]
 
 # A rough CPU throughput to turn the size estimate into seconds before any cell was measured.
 _FLOPS_PER_SECOND = 2e9
@@ -117,6 +120,24 @@ def cell_cost(config: Mapping[str, Any]) -> float:
     if pretrain:
         cost += 3.0 * per_example * int(pretrain.get("steps", 0)) * int(pretrain.get("batch_size", 1))
     return max(cost, 1.0)
+
+
+def estimate_seconds(cells: Any) -> float:
+    """Seconds of CPU time the cells are estimated to take, before any was measured.
+
+    Calls :func:`cell_cost` once per distinct (problem, estimator, measure, step) object: cells of
+    one grid share those, so this is fast on a whole sweep.
+    """
+    memo: dict[tuple, float] = {}
+    total = 0.0
+    for cell in cells:
+        cfg = cell.config
+        key = (id(cfg.get("problem")), id(cfg.get("estimator")), id(cfg.get("measure")), id(cfg.get("step")), cfg.get("experiment"))
+        cost = memo.get(key)
+        if cost is None:
+            cost = memo[key] = cell_cost(cfg)
+        total += cost
+    return total / _FLOPS_PER_SECOND
 
 
 def _kinds(config: Mapping[str, Any]) -> tuple[str, str]:
@@ -424,17 +445,19 @@ def run(
     out = stream if stream is not None else sys.stderr
     store = SweepStore.for_sweep(results, sweep.name)
     try:
-        executor.check(_distinct_shapes(sweep.cells))
+        store.create()
+        message = store.acquire_lock()
     except BaseException:
         executor.close()
         raise
-    store.create()
-    message = store.acquire_lock()
     if message:
         print(message, file=out)
     try:
-        store.save_spec(sweep.source_text)
         scan = store.scan(full=True)
+        # after the folder's checks, which overlap a Ray started in the background; before the
+        # spec is stored or anything runs
+        executor.check(_distinct_shapes(sweep.cells))
+        store.save_spec(sweep.source_text)
         quarantined = {}
         for cell_id, reason in sorted(scan.invalid.items()):
             dest = store.quarantine(cell_id, reason)
