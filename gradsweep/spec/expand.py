@@ -166,6 +166,11 @@ def _expand_gc_off(raw: Any, ctx: Context) -> tuple[dict[str, Any], Any]:
     return header, alts
 
 
+def _resources(header: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-cell resources; the optional ones (memory, timeout) only where the spec sets them."""
+    return {k: v for k, v in (header.get("resources") or {}).items() if v is not None}
+
+
 def _cells(alts: Any, resources: dict[str, Any]) -> Callable[[], Iterator[Cell]]:
     """A maker of the cells of ``alts``: each call walks them again, hashing each text once."""
     def make() -> Iterator[Cell]:
@@ -184,7 +189,7 @@ def expand(raw: Mapping[str, Any]) -> list[Cell]:
     header, alts = _expand(raw, ctx)
     ctx.raise_if_any()
     with _gc_off():
-        return list(_cells(alts, header.get("resources") or {})())
+        return list(_cells(alts, _resources(header))())
 
 
 def load_spec(path_or_text: str | os.PathLike[str], *, source: str | None = None) -> Sweep:
@@ -214,7 +219,7 @@ def load_spec(path_or_text: str | os.PathLike[str], *, source: str | None = None
     ctx = Context()
     header, alts = _expand(raw, ctx)
     ctx.raise_if_any(source)
-    resources = header.get("resources") or {}
+    resources = _resources(header)
     return Sweep(
         name=header["name"],
         description=header.get("description", ""),
