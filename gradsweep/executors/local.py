@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Sequence
 
-from gradsweep.executors.base import CellLike, Executor, Outcome, execute_cell
+from gradsweep.executors.base import CellLike, Executor, Outcome, Unsatisfiable, execute_cell
 
 __all__ = ["LocalExecutor"]
 
@@ -28,6 +28,15 @@ class LocalExecutor(Executor):
         self._queue: deque[tuple[str, CellLike]] = deque()
         self._isolated: Any = None  # a ProcessExecutor, made for the first cell with a time limit
         self._current: str | None = None
+
+    def check(self, cells: Sequence[CellLike]) -> None:
+        """Refuse ``device: cuda`` where this machine has no CUDA GPU (every cell would fail)."""
+        if self.device is None and any((c.config or {}).get("device") == "cuda" for c in cells):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise Unsatisfiable("device: cuda, but this machine has no CUDA GPU (torch.cuda.is_available() "
+                                    "is false); use device: auto or cpu, or run on a cluster with GPUs")
 
     def submit(self, cells: Sequence[CellLike], *, sweep: str) -> None:
         self._queue.extend((sweep, c) for c in cells)
