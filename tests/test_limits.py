@@ -256,7 +256,8 @@ def test_a_worker_killed_by_rays_memory_monitor_is_recorded_as_out_of_memory(tmp
     failures = _failures(tmp_path / "r", "two")
     assert len(failures) == 2
     for record in failures.values():
-        assert record["error"].startswith("out of memory (") and " GB in use on its node" in record["error"]
+        assert record["error"].startswith("out of memory (") and "GB used by the cell's worker" in record["error"]
+        assert "killed by Ray's memory monitor" in record["error"]
         assert "resources.memory 0.5 GB" in record["error"]
         assert "WorkerCrashedError" not in record["error"]
 

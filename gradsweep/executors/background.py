@@ -31,6 +31,7 @@ class LazyRay(Executor):
         self._options = options
         self._inner: Any = None
         self._error: BaseException | None = None
+        self._ready = threading.Event()
         self._thread = threading.Thread(target=self._start, args=(address, num_cpus), daemon=True,
                                         name="gradsweep-ray-start")
         self._thread.start()
@@ -42,12 +43,17 @@ class LazyRay(Executor):
             ensure_ray(address, num_cpus=num_cpus)
         except BaseException as exc:  # handed to the caller on first use
             self._error = exc
+        finally:
+            self._ready.set()
+        # Ray's own processes (GCS, raylet) die with the *thread* that started them (Linux's
+        # parent-death signal follows the thread), so this thread lives as long as the process.
+        threading.Event().wait()
 
     @property
     def ray(self) -> Any:
         """The started executor (waits for Ray)."""
         if self._inner is None:
-            self._thread.join()
+            self._ready.wait()
             if self._error is not None:
                 raise self._error
             from gradsweep.executors.ray_executor import RayExecutor

@@ -103,10 +103,13 @@ def _task_error(exc: BaseException, asked_gb: float = 0.0) -> str:
     """A failed task's error in one line; a kill by Ray's memory monitor says so, with the figures."""
     text = str(exc).strip()
     if isinstance(exc, getattr(ray.exceptions, "OutOfMemoryError", ())):
-        used = re.search(r"was ([0-9.]+)\s*GB(?: used)?\s*/\s*([0-9.]+)\s*GB", text)
-        figures = f"{float(used.group(1)):.1f} GB of {float(used.group(2)):.1f} GB in use on its node" if used else "its node ran out"
+        node = re.search(r"was ([0-9.]+)\s*GB(?: used)?\s*/\s*([0-9.]+)\s*GB", text)
+        own = re.search(r"actual memory used=([0-9.]+)\s*GB", text)
+        figures = [f"{float(own.group(1)):.2f} GB used by the cell's worker"] if own else []
+        if node:
+            figures.append(f"its node at {float(node.group(1)):.1f} of {float(node.group(2)):.1f} GB")
         asked = f"; the cell declared resources.memory {asked_gb:g} GB" if asked_gb else "; declare resources.memory so Ray schedules by it"
-        return f"out of memory ({figures}): its worker was killed by Ray's memory monitor{asked}"
+        return f"out of memory ({'; '.join(figures) or 'its node ran out'}): killed by Ray's memory monitor{asked}"
     line = text.splitlines()[0] if text else ""
     return f"task failed: {type(exc).__name__}: {line}"
 
