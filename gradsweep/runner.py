@@ -13,6 +13,8 @@ an edit of the spec, after a crash or after Ctrl-C computes exactly the cells th
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import os
 from array import array
@@ -251,6 +253,18 @@ def _packed_ids(cells: Any) -> Any:
     return np.fromiter((int(c.id, 16) for c in cells), dtype=np.uint64)
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Any:
+    """The cyclic collector off while millions of acyclic objects come and go (it would rescan them)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def plan(sweep: Any, results: str | os.PathLike[str], *, full: bool = False) -> Plan:
     """Compare ``sweep`` (a ``gradsweep.spec.Sweep``) with ``<results>/<sweep.name>``. Runs nothing.
 
@@ -269,35 +283,38 @@ def plan(sweep: Any, results: str | os.PathLike[str], *, full: bool = False) -> 
     keep_ids = stored_text is not None and stored_text != sweep.source_text
     ids = array("Q")  # the ids as 64-bit numbers, only when "added" must be counted
     # Cells of one grid share their nested mappings (only the seed differs), so kinds and cost are
-    # computed once per distinct (problem, estimator, measure, step) object: plan stays fast at 200k.
-    memo: dict[tuple, tuple[Counter, float]] = {}
-    for cell in sweep.iter_cells():  # each cell once: the expansion makes no repeats
-        cid = cell.id
-        total += 1
-        if keep_ids:
-            ids.append(int(cid, 16))
-        cfg = cell.config
-        key = (id(cfg.get("problem")), id(cfg.get("estimator")), id(cfg.get("measure")), id(cfg.get("step")), cfg.get("experiment"))
-        entry = memo.get(key)
-        if entry is None:
-            kinds = _kinds(cfg)
-            counts = by_kind.get(kinds)
-            if counts is None:
-                counts = by_kind[kinds] = Counter()
-            entry = memo[key] = (counts, cell_cost(cfg))
-        counts = entry[0]
-        counts["total"] += 1
-        if cid in known_done:
-            done.add(cid)
-            counts["done"] += 1
-        else:
-            todo += 1
-            if cid in known_failed:
+    # computed once per distinct (problem, estimator, measure, step) object, and counts are kept
+    # per such group ([total, done, failed, cost, kinds]) and summed per kind at the end: the loop
+    # below runs ten million times for the largest sweeps.
+    memo: dict[tuple, list] = {}
+    known_failed_any = bool(known_failed)
+    with _gc_paused():
+        for cid, cfg, _ in sweep.iter_cells():  # each cell once: the expansion makes no repeats
+            if keep_ids:
+                ids.append(int(cid, 16))
+            get = cfg.get
+            key = (id(get("problem")), id(get("estimator")), id(get("measure")), id(get("step")))
+            entry = memo.get(key)
+            if entry is None:
+                entry = memo[key] = [0, 0, 0, cell_cost(cfg), _kinds(cfg)]
+            entry[0] += 1
+            if cid in known_done:
+                done.add(cid)
+                entry[1] += 1
+            elif known_failed_any and cid in known_failed:
                 failed.add(cid)
-                counts["failed"] += 1
-            else:
-                counts["pending"] += 1
-            total_cost += entry[1]
+                entry[2] += 1
+    for n, n_done, n_failed, cost, kinds in memo.values():
+        counts = by_kind.get(kinds)
+        if counts is None:
+            counts = by_kind[kinds] = Counter()
+        counts["total"] += n
+        counts["done"] += n_done
+        counts["failed"] += n_failed
+        counts["pending"] += n - n_done - n_failed
+        total += n
+        todo += n - n_done
+        total_cost += (n - n_done) * cost
     per_unit = _calibration(store, sorted(done)) if done else None
     if per_unit is None:
         estimate, source = total_cost / _FLOPS_PER_SECOND, "rough, from the cells' sizes"
