@@ -415,3 +415,4 @@ def _autoscaler_may_add_nodes() -> bool:
     except ValueError:
         return False
     return any(not str(t).startswith("node_") for t in mapping.values())
+
