@@ -154,7 +154,7 @@ def run_tune(spec: Path, out: Path, delay: float, cpus: int) -> float:
     return time.perf_counter() - t0
 
 
-def bench_sweep(n: int, kind: str, cpus: int, repeats: int, workdir: Path) -> None:
+def bench_sweep(n: int, kind: str, cpus: int, repeats: int, workdir: Path, tune_repeats: int = 1) -> None:
     import ray
 
     from gradsweep.executors.ray_executor import ensure_ray
@@ -180,7 +180,7 @@ def bench_sweep(n: int, kind: str, cpus: int, repeats: int, workdir: Path) -> No
     rows: dict[str, list[tuple[float, float, float]]] = {"gradsweep": [], "pool": [], "tune": []}
     for r in range(repeats):
         for name in ("gradsweep", "pool", "tune"):
-            if name == "tune" and not has_tune:
+            if name == "tune" and (not has_tune or r >= tune_repeats):
                 continue
             spec = _spec(workdir, kind, n, 0)  # the same cells for each runner, in a folder of its own
             out = workdir / f"{name}-{kind}-{r}"
@@ -192,11 +192,13 @@ def bench_sweep(n: int, kind: str, cpus: int, repeats: int, workdir: Path) -> No
                 wall = run_tune(spec, out, delay, cpus)
             mean, eff = _efficiency(out / "bench-sweep", cpus, wall)
             rows[name].append((wall, mean, eff))
+            print(f"  repeat {r + 1} {name}: wall {wall:.2f} s, mean cell {1000 * mean:.1f} ms, efficiency {eff:.1f}% "
+                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
     pool.shutdown()
     print(f"  {'runner':<11}{'wall s (min / median)':>24}{'mean cell ms':>14}{'efficiency % (max / median)':>30}")
     for name, values in rows.items():
         if not values:
-            print(f"  {name:<11}  (Ray Tune is not installed)")
+            print(f"  {name:<11}  (Ray Tune not installed, or --tune-repeats 0)")
             continue
         walls, means, effs = zip(*values)
         print(f"  {name:<11}{min(walls):>12.2f} / {statistics.median(walls):<9.2f}{1000 * statistics.median(means):>14.1f}"
@@ -260,6 +262,8 @@ def main() -> None:
     parser.add_argument("--kind", choices=("real", "delay", "both"), default="both")
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tune-repeats", type=int, default=1,
+                        help="repeats of Ray Tune, whose per-trial overhead makes it slow (default 1; 0: none)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temporary folder)")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
@@ -268,7 +272,7 @@ def main() -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         if args.what in ("all", "sweep"):
             for kind in (("real", "delay") if args.kind == "both" else (args.kind,)):
-                bench_sweep(args.cells, kind, args.cpus, args.repeats, workdir)
+                bench_sweep(args.cells, kind, args.cpus, args.repeats, workdir, args.tune_repeats)
         if args.what in ("all", "plan"):
             bench_plan(workdir)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
