@@ -314,3 +314,29 @@ def test_failure_records_are_json_with_the_attempts(tmp_path: Path):
     path = tmp_path / "r" / "two" / "_gradsweep" / "failures" / f"{bad}.json"
     record = json.loads(path.read_text())
     assert record["attempts"] == 1 and len(record["errors"]) == 1
+
+
+def test_a_worker_subprocess_killed_mid_cell_fails_only_that_cell(tmp_path: Path):
+    import signal
+    import threading
+
+    spec = two_cells(tmp_path)
+    pid_dir = tmp_path / "pids"
+    sweep = load_spec(spec)
+    first = sweep.cells[0].id
+
+    def kill_first() -> None:  # the first cell's worker, once it runs
+        path = pid_dir / f"{first}.pid"
+        deadline = time.monotonic() + 300
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(int(path.read_text()), signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_first)
+    killer.start()
+    executor = LocalExecutor(hooks=FaultHooks(delay=1.0, pid_dir=str(pid_dir)), timeout=300)
+    result = run(sweep, tmp_path / "r", executor, stream=io.StringIO())
+    killer.join()
+    assert (result.done, result.failed) == (1, [first])
+    error = _failures(tmp_path / "r", "two")[first]["error"]
+    assert error.startswith("worker process died: killed by SIGKILL")

@@ -8,12 +8,18 @@ and the first call that needs Ray (:meth:`check`, :meth:`submit`) waits for it.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, Sequence
 
 from gradsweep.executors.base import CELL_FUNCTION, CellLike, Executor, Outcome
 
 __all__ = ["LazyRay"]
+
+
+class _NoSigtermWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
 
 
 class LazyRay(Executor):
@@ -37,6 +43,8 @@ class LazyRay(Executor):
         self._thread.start()
 
     def _start(self, address: str | None, num_cpus: int | None) -> None:
+        # Ray warns that it sets no SIGTERM handler off the main thread: the runner handles signals
+        logging.getLogger("ray._private.worker").addFilter(_NoSigtermWarning())
         try:
             from gradsweep.executors.ray_executor import ensure_ray
 
