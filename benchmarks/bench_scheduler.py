@@ -5,7 +5,8 @@
    - ``pool``: a plain ``concurrent.futures.ProcessPoolExecutor`` with C workers running the same
      cell wrapper (the cell, its table, its Parquet encoding) and the driver writing one Parquet file
      per cell as it completes: the best a hand-written script does on one machine;
-   - ``tune``: Ray Tune (if installed), one trial per cell writing its own Parquet file.
+   - ``tune``: Ray Tune (if installed), one trial per cell writing its own Parquet file, on the
+     first ``--tune-cells`` cells only (its trials cost seconds each on a loaded machine).
    Efficiency = ideal / wall, where ideal = (sum of the cells' measured ``cell_seconds``) / C:
    building and encoding a cell's Parquet file counts as overhead, not as cell time. Wall time
    counts from submission to the last file written, on warm workers (Ray's start-up and the
@@ -154,7 +155,8 @@ def run_tune(spec: Path, out: Path, delay: float, cpus: int) -> float:
     return time.perf_counter() - t0
 
 
-def bench_sweep(n: int, kind: str, cpus: int, repeats: int, workdir: Path, tune_repeats: int = 1) -> None:
+def bench_sweep(n: int, kind: str, cpus: int, repeats: int, workdir: Path, tune_repeats: int = 1,
+                tune_cells: int = 20) -> None:
     import ray
 
     from gradsweep.executors.ray_executor import ensure_ray
@@ -182,7 +184,9 @@ def bench_sweep(n: int, kind: str, cpus: int, repeats: int, workdir: Path, tune_
         for name in ("gradsweep", "pool", "tune"):
             if name == "tune" and (not has_tune or r >= tune_repeats):
                 continue
-            spec = _spec(workdir, kind, n, 0)  # the same cells for each runner, in a folder of its own
+            # the same cells for each runner, in a folder of its own; Tune's trials cost seconds each
+            # on a loaded 2-core machine, so it gets the first tune_cells of them
+            spec = _spec(workdir, kind, min(n, tune_cells) if name == "tune" else n, 0)
             out = workdir / f"{name}-{kind}-{r}"
             if name == "gradsweep":
                 wall = run_gradsweep(spec, out, delay)
@@ -262,6 +266,7 @@ def main() -> None:
     parser.add_argument("--kind", choices=("real", "delay", "both"), default="both")
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tune-cells", type=int, default=20, help="cells given to Ray Tune (default 20)")
     parser.add_argument("--tune-repeats", type=int, default=1,
                         help="repeats of Ray Tune, whose per-trial overhead makes it slow (default 1; 0: none)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temporary folder)")
@@ -272,7 +277,7 @@ def main() -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         if args.what in ("all", "sweep"):
             for kind in (("real", "delay") if args.kind == "both" else (args.kind,)):
-                bench_sweep(args.cells, kind, args.cpus, args.repeats, workdir, args.tune_repeats)
+                bench_sweep(args.cells, kind, args.cpus, args.repeats, workdir, args.tune_repeats, args.tune_cells)
         if args.what in ("all", "plan"):
             bench_plan(workdir)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
