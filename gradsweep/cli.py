@@ -104,7 +104,7 @@ def _load_spec(path: str) -> Any:
 
 
 def _executor(args: argparse.Namespace, sweep: Any = None) -> Any:
-    """The executor the options ask for. Ray is started in the background (:class:`_LazyRay`), so
+    """The executor the options ask for. Ray is started in the background (:class:`LazyRay`), so
     that its start-up overlaps the checks of the results folder; a small sweep runs in-process."""
     from gradsweep.executors.base import FaultHooks
 
@@ -138,7 +138,10 @@ def _small_sweep_seconds(sweep: Any, limit: int = 1000) -> float | None:
         return None
     from gradsweep.runner import estimate_seconds
 
-    seconds = estimate_seconds(sweep.iter_cells())
+    try:
+        seconds = estimate_seconds(sweep.iter_cells())
+    except Exception:  # a cost model that cannot size a cell: let the run (on Ray) report it
+        return None
     return seconds if seconds < SMALL_SWEEP_SECONDS else None
 
 
