@@ -67,6 +67,8 @@ def derive(reg: Any) -> dict[str, Any]:
             {
                 "cpu": Param("float", 1.0, "CPUs per cell", low=0.0, low_open=True),
                 "gpu": Param("float", 0.0, "GPUs per cell (fractional); ignored without GPUs", low=0.0),
+                "memory": Param("float", None, "GB of memory per cell: Ray schedules by it; null: not declared", low=0.0, low_open=True, nullable=True),
+                "timeout": Param("float", None, "seconds a cell may run before it is stopped and recorded failed; null: no limit", low=0.0, low_open=True, nullable=True),
             }
         ),
         "dtype": Param("str", None, "float32 | float64; null: the problem's default (float64 for rosenbrock), "

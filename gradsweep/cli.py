@@ -56,10 +56,42 @@ def _add_execution_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-size", type=_positive_int, default=None, metavar="N",
                    help="cells per Ray task (default: adapts so a task lasts about a second)")
     p.add_argument("--max-retries", type=_non_negative_int, default=3, metavar="N",
-                   help="retries of a task whose worker process died (default: 3)")
+                   help="runs again of a cell whose worker process died (default: 3)")
     p.add_argument("--num-cpus", type=_positive_int, default=None, metavar="N",
                    help="CPUs of the embedded Ray (default: all of this machine's)")
     p.add_argument("--local", action="store_true", help="run the cells one by one in this process, without Ray (debugging)")
+    p.add_argument("--ray", action="store_true",
+                   help="use Ray even for a sweep small enough to run in this process (default: a sweep estimated "
+                        f"at under {SMALL_SWEEP_SECONDS:g} s of work runs in-process, unless --address is given)")
+    p.add_argument("--timeout", type=_positive_float, default=None, metavar="S",
+                   help="stop a cell after S seconds and record it failed ('timed out'); a spec's "
+                        "resources.timeout wins (default: no limit)")
+    p.add_argument("--retries", type=_non_negative_int, default=0, metavar="N",
+                   help="run a failing cell again up to N times before recording it failed, keeping every "
+                        "attempt's error (default: 0)")
+
+
+SMALL_SWEEP_SECONDS = 5.0  # a sweep estimated below this runs in-process: Ray's start-up would dominate
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -136,24 +168,46 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=1, sort_keys=False, default=str))
 
 
-def _executor(args: argparse.Namespace) -> Any:
+def _executor(args: argparse.Namespace, sweep: Any = None) -> Any:
+    """The executor the options ask for. Ray is started in the background (:class:`LazyRay`), so
+    that its start-up overlaps the checks of the results folder; a small sweep runs in-process."""
     from gradsweep.executors.base import FaultHooks
 
     try:
         hooks = FaultHooks.from_env()
     except ValueError as exc:
         raise BadInput(str(exc)) from None
+    timeout = getattr(args, "timeout", None)
+    if not args.local and sweep is not None and not (args.ray or args.address):
+        seconds = _small_sweep_seconds(sweep)
+        if seconds is not None:
+            print(f"sweep {sweep.name}: about {seconds:.1f} s of work estimated: running it in this process "
+                  "(--ray to use Ray)", file=sys.stderr)
+            args.local = True
     if args.local:
         from gradsweep.executors.local import LocalExecutor
 
-        return LocalExecutor(hooks=hooks)
-    from gradsweep.executors.ray_executor import RayExecutor, ensure_ray
+        return LocalExecutor(hooks=hooks, timeout=timeout)
+    from gradsweep.executors.background import LazyRay
 
-    quiet_ray()
-    ensure_ray(args.address, num_cpus=args.num_cpus)
-    return RayExecutor(
-        max_in_flight=args.max_in_flight, chunk_size=args.chunk_size, max_retries=args.max_retries, hooks=hooks,
+    return LazyRay(
+        address=args.address, num_cpus=args.num_cpus, prepare=quiet_ray,
+        options=dict(max_in_flight=args.max_in_flight, chunk_size=args.chunk_size, max_retries=args.max_retries,
+                     hooks=hooks, timeout=timeout),
     )
+
+
+def _small_sweep_seconds(sweep: Any, limit: int = 1000) -> float | None:
+    """The estimated seconds of a sweep of at most ``limit`` cells if under the small-sweep bound, else None."""
+    if len(sweep) > limit:
+        return None
+    from gradsweep.runner import estimate_seconds
+
+    try:
+        seconds = estimate_seconds(sweep.iter_cells())
+    except Exception:  # a cost model that cannot size a cell: let the run (on Ray) report it
+        return None
+    return seconds if seconds < SMALL_SWEEP_SECONDS else None
 
 
 def _finish(result: Any) -> int:
@@ -221,8 +275,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gradsweep.runner import run
 
     sweep = _selected(_load_spec(args.spec, args.overrides), args)
-    executor = _executor(args)
-    return _finish(run(sweep, args.results, executor, stream=_progress_stream(), progress_interval=args.progress_every))
+    executor = _executor(args, sweep)
+    return _finish(run(sweep, args.results, executor, stream=_progress_stream(), progress_interval=args.progress_every,
+                       retries=args.retries))
 
 
 def _folder_arguments(p: argparse.ArgumentParser) -> None:
@@ -284,11 +339,15 @@ def _resume_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Run the failed and missing cells of the spec stored in the folder."""
-    from gradsweep.runner import resume
+    from gradsweep.runner import load_stored_sweep, run
 
-    executor = _executor(args)
-    return _finish(resume(args.folder, executor, select=lambda sweep: _selected(sweep, args),
-                          stream=_progress_stream(), progress_interval=args.progress_every))
+    # as runner.resume, but the executor is chosen for the (selected) stored sweep: a small one
+    # runs in-process
+    sweep, root = load_stored_sweep(args.folder)
+    sweep = _selected(sweep, args)
+    executor = _executor(args, sweep)
+    return _finish(run(sweep, root, executor, stream=_progress_stream(), progress_interval=args.progress_every,
+                       retries=args.retries))
 
 
 def _cancel_arguments(p: argparse.ArgumentParser) -> None:
@@ -426,11 +485,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
+    from gradsweep.executors.base import Unsatisfiable
     from gradsweep.select import SelectionError
     from gradsweep.store import StoreError
 
     types: list[type[BaseException]] = [
-        BadInput, StoreError, SelectionError, FileNotFoundError, NotADirectoryError, PermissionError,
+        BadInput, StoreError, SelectionError, Unsatisfiable, FileNotFoundError, NotADirectoryError, PermissionError,
     ]
     try:
         from gradsweep.spec import SpecError

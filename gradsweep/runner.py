@@ -13,8 +13,11 @@ an edit of the spec, after a crash or after Ctrl-C computes exactly the cells th
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import os
+from array import array
 import random
 import signal
 import sys
@@ -30,7 +33,7 @@ from gradsweep.views import failed_cell_params, format_params
 
 __all__ = [
     "Plan", "RunResult", "Status", "plan", "run", "resume", "status", "load_stored_sweep", "cell_cost",
-    "cell_estimate", "CellEstimate",
+    "cell_estimate", "CellEstimate", "estimate_seconds",
 ]
 
 # The cost model's units, measured on a 2-core CPU (see docs/design.md, "What plan estimates"):
@@ -90,6 +93,26 @@ def cell_cost(config: Mapping[str, Any]) -> float:
     return cell_estimate(config).flops
 
 
+def estimate_seconds(cells: Any) -> float:
+    """Seconds of CPU time the cells are estimated to take, before any was measured.
+
+    Calls :func:`cell_cost` once per distinct (problem, estimator, measure, step) object: cells of
+    one grid share those, so this is fast on a whole sweep. Includes the fixed cost per cell.
+    """
+    memo: dict[tuple, float] = {}
+    total = 0.0
+    count = 0
+    for cell in cells:
+        cfg = cell.config
+        key = (id(cfg.get("problem")), id(cfg.get("estimator")), id(cfg.get("measure")), id(cfg.get("step")))
+        cost = memo.get(key)
+        if cost is None:
+            cost = memo[key] = cell_cost(cfg)
+        total += cost
+        count += 1
+    return total / _FLOPS_PER_SECOND + count * _CELL_OVERHEAD_SECONDS
+
+
 def _kinds(config: Mapping[str, Any]) -> tuple[str, str]:
     return str(config.get("problem", {}).get("kind")), str(config.get("estimator", {}).get("kind"))
 
@@ -107,7 +130,7 @@ class Plan:
     total: int
     done: set[str]
     failed: set[str]
-    todo: list[str]  # every cell not done (failed ones included), in spec order
+    todo_count: int  # cells not done (failed ones included)
     invalid: dict[str, str]
     dropped: set[str]
     added: int | None
@@ -130,7 +153,7 @@ class Plan:
     @property
     def pending(self) -> int:
         """Cells never run (or whose file was lost), failures not counted."""
-        return len(self.todo) - len(self.failed)
+        return self.todo_count - len(self.failed)
 
     def format(self) -> str:
         """The plan as the text ``gradsweep plan`` prints."""
@@ -180,6 +203,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
 
 
+def _rate(cells_per_second: float) -> str:
+    """Cells per second, readable from 1 cell a day to thousands a second."""
+    if cells_per_second >= 10:
+        return f"{cells_per_second:.0f} cells/s"
+    if cells_per_second >= 0.1 or cells_per_second == 0:
+        return f"{cells_per_second:.1f} cells/s"
+    return f"{cells_per_second * 3600:.1f} cells/h"
+
+
 def _calibration(store: SweepStore, done: Sequence[str], sample: int = 32) -> float | None:
     """Seconds per unit of :func:`cell_cost`, from the footers of a sample of done cells."""
     ids = list(done)
@@ -197,83 +229,118 @@ def _calibration(store: SweepStore, done: Sequence[str], sample: int = 32) -> fl
     return seconds / cost if cost > 0 and seconds > 0 else None
 
 
-def _stored_ids(store: SweepStore) -> set[str] | None:
+def _added(store: SweepStore, in_spec: Any) -> int | None:
+    """How many cells of ``in_spec`` (a packed id array) the stored spec does not have; None if unreadable."""
+    import numpy as np
+
     text = store.read_spec()
     if text is None:
         return None
     try:
-        return {c.id for c in _sweep_from_text(text, store.spec_path).cells}
+        stored = _packed_ids(_sweep_from_text(text, store.spec_path).iter_cells())
     except Exception:  # a stored spec this version cannot read: no "added" count
         return None
+    return int(np.count_nonzero(~np.isin(in_spec, stored)))
+
+
+def _packed_ids(cells: Any) -> Any:
+    """Cell ids as one uint64 array (8 bytes a cell, not ~70 for a str in a set)."""
+    import numpy as np
+
+    return np.fromiter((int(c.id, 16) for c in cells), dtype=np.uint64)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Any:
+    """The cyclic collector off while millions of acyclic objects come and go (it would rescan them)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def plan(sweep: Any, results: str | os.PathLike[str], *, full: bool = False) -> Plan:
     """Compare ``sweep`` (a ``gradsweep.spec.Sweep``) with ``<results>/<sweep.name>``. Runs nothing.
 
     ``full=True`` reads every page of every cell file and checks its checksum (as ``run`` does)
-    instead of checking each file's ends and the cell id in its footer.
+    instead of checking each file's ends and the cell id in its footer. The cells are walked once,
+    lazily: memory grows with the done and failed cells, not the sweep. A ``params:`` selector
+    that selects no layer of its problem is a :class:`SpecError`.
     """
     store = SweepStore.for_sweep(results, sweep.name)
     scan = store.scan(full=full)
-    failures_known = scan.failed
-    in_spec = {c.id for c in sweep.cells}
-    done = scan.done & in_spec
-    failed = failures_known & in_spec
-    todo: list[str] = []
+    known_done, known_failed = scan.done, scan.failed
+    done: set[str] = set()
+    failed: set[str] = set()
+    total = todo = 0
     by_kind: dict[tuple[str, str], Counter] = {}
     total_cost = 0.0
     peak_memory = 0.0
+    stored_text = store.read_spec()
+    keep_ids = stored_text is not None and stored_text != sweep.source_text
+    ids = array("Q")  # the ids as 64-bit numbers, only when "added" must be counted
     # Cells of one grid share their nested mappings (only the seed differs), so kinds and cost are
-    # computed once per distinct (problem, estimator, measure, step) object: plan stays fast at 200k.
-    memo: dict[tuple, tuple[tuple[str, str], float]] = {}
-    seen: set[str] = set()
-    for cell in sweep.cells:
-        cid = cell.id
-        if cid in seen:
-            continue
-        seen.add(cid)
-        cfg = cell.config
-        key = (id(cfg.get("problem")), id(cfg.get("estimator")), id(cfg.get("measure")), id(cfg.get("step")), cfg.get("experiment"))
-        entry = memo.get(key)
-        if entry is None:
-            try:
-                estimate = cell_estimate(cfg)
-            except ValueError as exc:
-                raise SpecError([Issue("params", f"{exc} (problem {cfg['problem']['kind']})".removeprefix("params: "))],
-                                source=str(sweep.path or sweep.name)) from None
-            entry = memo[key] = (_kinds(cfg), estimate.flops)
-            peak_memory = max(peak_memory, estimate.memory_bytes)
-        counts = by_kind.get(entry[0])
+    # computed once per distinct (problem, estimator, measure, step) object, and counts are kept
+    # per such group ([total, done, failed, cost, kinds]) and summed per kind at the end: the loop
+    # below runs ten million times for the largest sweeps.
+    memo: dict[tuple, list] = {}
+    known_failed_any = bool(known_failed)
+    with _gc_paused():
+        for cid, cfg, _ in sweep.iter_cells():  # each cell once: the expansion makes no repeats
+            if keep_ids:
+                ids.append(int(cid, 16))
+            get = cfg.get
+            key = (id(get("problem")), id(get("estimator")), id(get("measure")), id(get("step")))
+            entry = memo.get(key)
+            if entry is None:
+                try:
+                    estimate = cell_estimate(cfg)
+                except ValueError as exc:
+                    message = f"{exc} (problem {cfg['problem']['kind']})".removeprefix("params: ")
+                    raise SpecError([Issue("params", message)], source=str(sweep.path or sweep.name)) from None
+                peak_memory = max(peak_memory, estimate.memory_bytes)
+                entry = memo[key] = [0, 0, 0, estimate.flops, _kinds(cfg)]
+            entry[0] += 1
+            if cid in known_done:
+                done.add(cid)
+                entry[1] += 1
+            elif known_failed_any and cid in known_failed:
+                failed.add(cid)
+                entry[2] += 1
+    for n, n_done, n_failed, cost, kinds in memo.values():
+        counts = by_kind.get(kinds)
         if counts is None:
-            counts = by_kind[entry[0]] = Counter()
-        counts["total"] += 1
-        if cid in done:
-            counts["done"] += 1
-        else:
-            todo.append(cid)
-            counts["failed" if cid in failed else "pending"] += 1
-            total_cost += entry[1]
+            counts = by_kind[kinds] = Counter()
+        counts["total"] += n
+        counts["done"] += n_done
+        counts["failed"] += n_failed
+        counts["pending"] += n - n_done - n_failed
+        total += n
+        todo += n - n_done
+        total_cost += (n - n_done) * cost
     per_unit = _calibration(store, sorted(done)) if done else None
-    pending_cells = len(todo)
     if per_unit is None:
-        estimate = total_cost / _FLOPS_PER_SECOND + pending_cells * _CELL_OVERHEAD_SECONDS
+        estimate_s = total_cost / _FLOPS_PER_SECOND + todo * _CELL_OVERHEAD_SECONDS
         source = (f"rough: the cells' loss evaluations at {_FLOPS_PER_SECOND / 1e9:g} GFLOP/s per CPU plus "
                   f"{_CELL_OVERHEAD_SECONDS * 1000:g} ms per cell, measured on a 2-core CPU")
     else:
-        estimate = total_cost * per_unit
+        estimate_s = total_cost * per_unit
         source = "the cells' sizes, calibrated on this folder's measured cell_seconds"
-    stored_text = store.read_spec()
     if stored_text is None:
         added = None
-    elif stored_text == sweep.source_text:
+    elif not keep_ids:
         added = 0
     else:
-        stored = _stored_ids(store)
-        added = None if stored is None else len(in_spec - stored)
+        import numpy as np
+
+        added = _added(store, np.frombuffer(ids, dtype=np.uint64))
     return Plan(
-        sweep=sweep.name, folder=store.location, total=len(in_spec), done=done, failed=failed,
-        todo=todo, invalid={k: v for k, v in scan.invalid.items()}, dropped=(scan.done - in_spec),
-        added=added, by_kind=by_kind, estimate_seconds=estimate, estimate_source=source,
+        sweep=sweep.name, folder=store.location, total=total, done=done, failed=failed,
+        todo_count=todo, invalid={k: v for k, v in scan.invalid.items()}, dropped=(known_done - done),
+        added=added, by_kind=by_kind, estimate_seconds=estimate_s, estimate_source=source,
         peak_memory_bytes=peak_memory, verified=scan.verified,
     )
 
@@ -293,20 +360,30 @@ class Progress:
         self.start = time.monotonic()
         self._last = 0.0
         self.done = self.failed = self.running = 0
+        self.done_before: int | None = None  # cells already done when the run started (not in cells/s)
+
+    @property
+    def finished_here(self) -> int:
+        """Cells finished by this run (done or failed), the basis of cells/s and the ETA."""
+        return self.done + self.failed - (self.done_before or 0)
 
     def line(self) -> str:
         finished = self.done + self.failed
         elapsed = time.monotonic() - self.start
-        eta = elapsed / finished * (self.total - finished) if finished else float("nan")
+        here = self.finished_here
+        eta = elapsed / here * (self.total - finished) if here else float("nan")
         width = 24
         filled = int(width * finished / self.total) if self.total else width
         bar = "#" * filled + "." * (width - filled)
+        rate = self.finished_here / elapsed if elapsed > 0 else 0.0
         return (
             f"[{bar}] {finished}/{self.total}: {self.done} done, {self.failed} failed, "
-            f"{self.running} running, elapsed {_duration(elapsed)}, ETA {_duration(eta)}"
+            f"{self.running} running, {_rate(rate)}, elapsed {_duration(elapsed)}, ETA {_duration(eta)}"
         )
 
     def update(self, *, done: int, failed: int, running: int, force: bool = False) -> None:
+        if self.done_before is None:
+            self.done_before = done + failed
         self.done, self.failed, self.running = done, failed, running
         now = time.monotonic()
         if not force and now - self._last < self.interval:
@@ -386,23 +463,36 @@ def run(
     *,
     stream: IO[str] | None = None,
     progress_interval: float = 10.0,
+    retries: int = 0,
 ) -> RunResult:
     """Run every cell of ``sweep`` not done in ``<results>/<sweep.name>`` on ``executor``.
 
-    Holds the folder's lock throughout (:class:`gradsweep.store.LockHeld` if another driver has
-    it), stores the spec, quarantines corrupt cell files, then writes each outcome as it arrives:
-    a cell file, or a failure record. Ctrl-C stops: results already arrived are written, the rest
-    is cancelled, and nothing is half-written.
+    First asks the executor whether every cell can run at all (:class:`Unsatisfiable` otherwise,
+    before the folder is touched). Then holds the folder's lock throughout
+    (:class:`gradsweep.store.LockHeld` if another driver has it), stores the spec, quarantines
+    corrupt cell files, and writes each outcome as it arrives: a cell file, or a failure record. A
+    failing cell is run again up to ``retries`` times before it is recorded failed; the record keeps
+    every attempt's error. Ctrl-C stops: results already arrived are written, the rest is
+    cancelled, and nothing is half-written.
     """
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise ValueError(f"retries: expected an integer >= 0, got {retries!r}")
     out = stream if stream is not None else sys.stderr
     store = SweepStore.for_sweep(results, sweep.name)
-    store.create()
-    message = store.acquire_lock()
+    try:
+        store.create()
+        message = store.acquire_lock()
+    except BaseException:
+        executor.close()
+        raise
     if message:
         print(message, file=out)
     try:
-        store.save_spec(sweep.source_text)
         scan = store.scan(full=True)
+        # after the folder's checks, which overlap a Ray started in the background; before the
+        # spec is stored or anything runs
+        executor.check(_distinct_shapes(sweep.cells))
+        store.save_spec(sweep.source_text)
         quarantined = {}
         for cell_id, reason in sorted(scan.invalid.items()):
             dest = store.quarantine(cell_id, reason)
@@ -417,7 +507,8 @@ def run(
         store.log_event("run_started", cells=len(ids), todo=len(todo), pid=os.getpid())
         if todo:
             print(f"sweep {sweep.name}: {len(todo)} of {len(ids)} cells to run -> {store.location}", file=out)
-            _drive(store, todo, executor, result, Progress(len(ids), stream=out, interval=progress_interval))
+            _drive(store, todo, executor, result, Progress(len(ids), stream=out, interval=progress_interval),
+                   retries=retries)
         store.log_event(
             "run_ended", done=result.done, failed=len(result.failed), interrupted=result.interrupted,
         )
@@ -427,22 +518,42 @@ def run(
         store.release_lock()
 
 
-def _drive(store: SweepStore, todo: list[Any], executor: Any, result: RunResult, progress: Progress) -> None:
+def _distinct_shapes(cells: Any) -> list[Any]:
+    """One cell per distinct (resources, device) pair: all an executor's up-front check needs."""
+    seen: dict[tuple, Any] = {}
+    for cell in cells:
+        key = (id(cell.resources), cell.config.get("device"))
+        if key not in seen:
+            seen[key] = cell
+    return list(seen.values())
+
+
+def _drive(
+    store: SweepStore, todo: list[Any], executor: Any, result: RunResult, progress: Progress, *, retries: int = 0,
+) -> None:
     failed: set[str] = set()
+    cells = {c.id: c for c in todo} if retries else {}
+    earlier: dict[str, list[dict[str, Any]]] = {}  # cell id -> its failed attempts so far
     with _Interrupt() as interrupt:
         executor.submit(todo, sweep=result.sweep)
         progress.update(done=result.done, failed=0, running=executor.running, force=True)
         try:
             while executor.pending and not interrupt.flag:
                 for outcome in executor.wait(timeout=0.5):
-                    _record(store, outcome, result, failed)
+                    if not outcome.ok and len(earlier.get(outcome.cell_id, ())) < retries and not interrupt.flag:
+                        earlier.setdefault(outcome.cell_id, []).append(_attempt(outcome))
+                        print(f"cell {outcome.cell_id}: {outcome.error}; retrying "
+                              f"({len(earlier[outcome.cell_id])} of {retries})", file=progress.stream)
+                        executor.submit([cells[outcome.cell_id]], sweep=result.sweep)
+                        continue
+                    _record(store, outcome, result, failed, earlier.pop(outcome.cell_id, []))
                 progress.update(done=result.done, failed=len(failed), running=executor.running)
             if interrupt.flag:
                 # results that already arrived are kept; tasks killed by the Ctrl-C (a terminal
                 # signals the workers too) are not failures of their cells
                 for outcome in executor.wait(timeout=0):
                     if not getattr(outcome, "lost", False):
-                        _record(store, outcome, result, failed)
+                        _record(store, outcome, result, failed, earlier.pop(outcome.cell_id, []))
                 cancelled = executor.cancel()
                 result.interrupted, result.signum = True, interrupt.signum
                 print(
@@ -459,7 +570,17 @@ def _stopped_by(signum: int) -> str:
     return "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
 
 
-def _record(store: SweepStore, outcome: Any, result: RunResult, failed: set[str]) -> None:
+def _attempt(outcome: Any) -> dict[str, Any]:
+    """One failed attempt of a cell, as kept in its failure record."""
+    return {
+        "error": outcome.error, "traceback": outcome.traceback, "host": outcome.host,
+        "device": outcome.device, "seconds": outcome.seconds,
+    }
+
+
+def _record(
+    store: SweepStore, outcome: Any, result: RunResult, failed: set[str], earlier: Sequence[dict[str, Any]] = (),
+) -> None:
     result.ran += 1
     if outcome.ok:
         store.write_cell(outcome.cell_id, outcome.data)
@@ -467,11 +588,14 @@ def _record(store: SweepStore, outcome: Any, result: RunResult, failed: set[str]
         failed.discard(outcome.cell_id)
         return
     failed.add(outcome.cell_id)
+    errors = [*earlier, _attempt(outcome)]
     store.record_failure(
         outcome.cell_id,
         {
-            "error": outcome.error, "traceback": outcome.traceback, "attempts": outcome.attempts,
+            "error": outcome.error, "traceback": outcome.traceback,
+            "attempts": len(earlier) + outcome.attempts,
             "host": outcome.host, "device": outcome.device, "seconds": outcome.seconds,
+            "errors": errors,
         },
     )
 
@@ -513,13 +637,9 @@ def load_stored_sweep(folder: str | os.PathLike[str]) -> tuple[Any, str]:
     return sweep, root
 
 
-def resume(folder: str | os.PathLike[str], executor: Any, *, select: Callable[[Any], Any] | None = None,
-           **kwargs: Any) -> RunResult:
-    """Run the failed and missing cells of the spec stored in ``folder`` (``select``: of a subset
-    of its sweep, as ``--where``/``--cell`` give it)."""
+def resume(folder: str | os.PathLike[str], executor: Any, **kwargs: Any) -> RunResult:
+    """Run the failed and missing cells of the spec stored in ``folder``."""
     sweep, root = load_stored_sweep(folder)
-    if select is not None:
-        sweep = select(sweep)
     return run(sweep, root, executor, **kwargs)
 
 

@@ -66,7 +66,7 @@ def test_gpu_requests_are_dropped_on_a_cluster_without_gpus(ray_local, tiny_spec
 
     cell = load_spec(tiny_spec).cells[0]
     gpu_cell = type(cell)(cell.id, cell.config, {"cpu": 1.0, "gpu": 0.25})
-    assert RayExecutor()._shape(gpu_cell) == (1.0, 0.0)
+    assert RayExecutor()._shape(gpu_cell) == (1.0, 0.0, 0.0)  # cpu, gpu, memory (GB)
 
 
 def test_chunks_adapt_to_the_measured_cell_time_and_shrink_at_the_tail(ray_local):

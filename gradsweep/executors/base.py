@@ -24,11 +24,25 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 __all__ = [
-    "CELL_FUNCTION", "CellLike", "Outcome", "FaultHooks", "Executor", "resolve_function",
-    "execute_cell", "execute_chunk",
+    "CELL_FUNCTION", "CellLike", "Outcome", "FaultHooks", "Executor", "Unsatisfiable", "resolve_function",
+    "execute_cell", "execute_chunk", "cell_timeout",
 ]
 
 CELL_FUNCTION = "gradsweep.cell:run_cell"
+
+
+class Unsatisfiable(ValueError):
+    """Cells ask for more than the cluster can give (CPUs, GPUs, memory of its largest node).
+
+    Raised before anything runs, naming the key and what the cluster has; without this check Ray
+    would keep the task pending for ever.
+    """
+
+
+def cell_timeout(resources: Mapping[str, Any] | None, default: float | None) -> float | None:
+    """The time limit of a cell in seconds: its spec's ``resources.timeout``, else ``default``."""
+    value = (resources or {}).get("timeout")
+    return float(value) if value is not None else default
 
 
 class CellLike(Protocol):
@@ -187,9 +201,21 @@ class Executor(ABC):
     ``cancel`` drops the cells not started and returns their ids.
     """
 
-    def __init__(self, *, cell_fn: str = CELL_FUNCTION, hooks: FaultHooks | None = None) -> None:
+    def __init__(
+        self, *, cell_fn: str = CELL_FUNCTION, hooks: FaultHooks | None = None, timeout: float | None = None,
+    ) -> None:
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout: expected seconds > 0, got {timeout!r}")
         self.cell_fn = cell_fn
         self.hooks = FaultHooks.from_env() if hooks is None else hooks
+        self.timeout = timeout
+
+    def timeout_for(self, cell: CellLike) -> float | None:
+        """The cell's time limit: its ``resources.timeout``, else this executor's default."""
+        return cell_timeout(cell.resources, self.timeout)
+
+    def check(self, cells: Sequence[CellLike]) -> None:
+        """Raise :class:`Unsatisfiable` if some cell can never run here; by default all can."""
 
     @abstractmethod
     def submit(self, cells: Sequence[CellLike], *, sweep: str) -> None: ...

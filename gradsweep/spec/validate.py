@@ -28,7 +28,7 @@ import json
 import math
 import operator
 import re
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from gradsweep import catalog
 from gradsweep.catalog import REQUIRED, Group, Param, Union
@@ -37,8 +37,8 @@ from gradsweep.spec.errors import Issue, SpecError
 from gradsweep.spec.yamlload import line_of
 
 __all__ = [
-    "validate_estimator", "validate_kind", "complete_sections", "validate_value", "Alt", "Context", "expand_node", "expand_group",
-    "count_node", "list_length", "range_length", "MAX_LIST", "describe",
+    "validate_estimator", "validate_kind", "complete_sections", "validate_value", "Alt", "Context", "expand_node",
+    "expand_group", "count_node", "list_length", "range_length", "MAX_LIST", "describe", "Crossed",
 ]
 
 Alt = tuple[Any, str]  # (canonical value, its canonical JSON text)
@@ -543,8 +543,12 @@ def expand_group(
     resolve: Callable[[dict[str, Alt]], None] | None = None,
     what: str = "",
     elsewhere: Mapping[str, list[str]] | None = None,
+    lazy: bool = False,
 ) -> list[Alt]:
     """The alternatives of a group: the product of its fields' (zip bundles paired).
+
+    ``lazy=True`` returns a :class:`Crossed` instead of a list: the same alternatives in the same
+    order, made one at a time when iterated (the sweep's top level: millions of cells).
 
     ``skip``: raw keys handled by the caller (a union's ``kind``); ``fixed``: entries added to
     every alternative; ``factors``: extra outer axes (the sweep's seeds); ``resolve``: a hook that
@@ -602,7 +606,7 @@ def expand_group(
     if not ok:
         return []
 
-    return _combine(group, outer, dict(fixed or {}), explicit_lines, path, line, ctx, resolve)
+    return _combine(group, outer, dict(fixed or {}), explicit_lines, path, line, ctx, resolve, lazy=lazy)
 
 
 def _introduced_parts(group: Group, head: Callable[[str], str]) -> frozenset[str]:
@@ -630,6 +634,8 @@ def _combine(
     line: int | None,
     ctx: Context,
     resolve: Callable[[dict[str, Alt]], None] | None,
+    *,
+    lazy: bool = False,
 ) -> list[Alt]:
     """Cross the factors of a group into its alternatives, fast.
 
@@ -721,14 +727,16 @@ def _combine(
         fk = sorted(factor[0])
         f_keys += fk
         prepared.append([(tuple(a[k][0] for k in fk), tuple(head(k) + a[k][1] for k in fk)) for a in factor])
+    # A parameter at its ``introduced`` value is left out of the text (which is what the cell id
+    # hashes), not out of the value: cells computed before it existed keep their ids.
+    drop = _introduced_parts(group, head)
+    if lazy:
+        return Crossed(heads_done, tuple(f_keys), prepared, drop)  # type: ignore[return-value]
     f_combos: list[tuple[tuple, tuple]] = [((), ())]
     for factor in prepared:
         crossed = ((v + fv, p + fp) for v, p in f_combos for fv, fp in factor)
         f_combos = list(crossed if ctx.cap is None else itertools.islice(crossed, ctx.cap))
 
-    # A parameter at its ``introduced`` value is left out of the text (which is what the cell id
-    # hashes), not out of the value: cells computed before it existed keep their ids.
-    drop = _introduced_parts(group, head)
     out: list[Alt] = []
     for keys, values, parts in heads_done:
         all_keys = keys + tuple(f_keys)
@@ -752,6 +760,54 @@ def _combine(
         if ctx.cap is not None and len(out) >= ctx.cap:
             break
     return out
+
+
+class Crossed:
+    """The alternatives of a group made on demand, in the order :func:`_combine` lists them.
+
+    ``len()`` is exact and costs nothing; iterating holds in memory only the trailing free factors
+    crossed together (at most :attr:`SUFFIX` combinations) besides the factors themselves, so a
+    sweep of ten million cells is counted and walked without being materialised.
+    """
+
+    SUFFIX = 1 << 16
+
+    def __init__(self, heads: list[tuple[tuple[str, ...], tuple, tuple]], f_keys: tuple[str, ...],
+                 prepared: list[list[tuple[tuple, tuple]]], drop: frozenset[str] = frozenset()) -> None:
+        self.heads, self.f_keys, self.prepared, self.drop = heads, f_keys, prepared, drop
+
+    def __len__(self) -> int:
+        return len(self.heads) * math.prod(len(f) for f in self.prepared)
+
+    def __iter__(self) -> Iterator[Alt]:
+        prepared = self.prepared
+        k, size = len(prepared), 1
+        while k > 0 and size * len(prepared[k - 1]) <= self.SUFFIX:
+            k -= 1
+            size *= len(prepared[k])
+        suffix: list[tuple[tuple, tuple]] = [((), ())]
+        for factor in prepared[k:]:
+            suffix = [(v + fv, p + fp) for v, p in suffix for fv, fp in factor]
+        for keys, values, parts in self.heads:
+            all_keys = keys + self.f_keys
+            order = sorted(range(len(all_keys)), key=all_keys.__getitem__)
+            ordered = tuple(all_keys[i] for i in order)
+            pick = _single(order)
+            drop = self.drop
+
+            def text(picked: tuple) -> str:
+                return "{" + ",".join(p for p in picked if p not in drop) + "}" if drop else "{" + ",".join(picked) + "}"
+
+            if not self.f_keys:
+                yield dict(zip(ordered, pick(values))), text(pick(parts))
+                continue
+            for outer in itertools.product(*prepared[:k]):
+                pv, pp = values, parts
+                for fv, fp in outer:
+                    pv += fv
+                    pp += fp
+                for fv, fp in suffix:
+                    yield dict(zip(ordered, pick(pv + fv))), text(pick(pp + fp))
 
 
 def _expand_zip(group: Group, raw: Mapping, zip_raw: Any, path: str, ctx: Context,
@@ -792,7 +848,17 @@ def _expand_zip(group: Group, raw: Mapping, zip_raw: Any, path: str, ctx: Contex
                 ok = False
             per_key.append([(key, a) for a in alts])
         bundle += [dict(c) for c in itertools.product(*per_key)]
-    return bundle if ok else None
+    if not ok:
+        return None
+    # a repeated pair would make the same cells twice; the lazy top level relies on no repeats
+    seen: set[tuple[str, ...]] = set()
+    unique = []
+    for entry in bundle:
+        texts = tuple(f"{k}={a[1]}" for k, a in sorted(entry.items()))
+        if texts not in seen:
+            seen.add(texts)
+            unique.append(entry)
+    return unique
 
 
 # ---------------------------------------------------------------------------------------------
