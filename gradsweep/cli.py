@@ -254,7 +254,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         _print_json(plan_json(p, sweep, failures))
     else:
         print(p.format())
-        for warning in inert_warnings(c.config for c in sweep.cells):
+        for warning in inert_warnings(c.config for c in sweep.iter_cells()):
             print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
