@@ -24,7 +24,9 @@ import pandas as pd
 
 from gradsweep.analysis.core import ResultsData, format_value, short_name, varying
 
-__all__ = ["Plot", "lr_axis", "clipped_range", "filter_columns", "filter_values", "params_of", "hover_lines", "rgb"]
+__all__ = [
+    "Plot", "lr_axis", "clipped_range", "filter_columns", "filter_values", "params_of", "hover_columns", "hover_lines", "rgb",
+]
 
 DASHES = ("dash", "solid", "dot", "dashdot", "longdash")  # per compared sweep
 _MPL_DASH = {"solid": "-", "dash": "--", "dot": ":", "dashdot": "-.", "longdash": (0, (8, 3))}
@@ -58,11 +60,17 @@ def params_of(data: ResultsData, row: Mapping[str, Any]) -> dict[str, str]:
     return {c: format_value(row[c]) for c in filter_columns(data) if c in row}
 
 
-def hover_lines(data: ResultsData, row: Mapping[str, Any], skip: Iterable[str] = (), among: pd.DataFrame | None = None) -> str:
-    """The cell parameters a hover shows, one per line: those that vary between the configs
-    ``among`` (the figure's; the title names the rest), else every varied parameter."""
+def hover_columns(data: ResultsData, among: pd.DataFrame) -> list[str]:
+    """The parameters that vary between the configs ``among`` (a figure's): what its hovers name;
+    the title names the rest. Computed once per figure (it costs a pass over every column)."""
+    return varying(among, data.param_columns)
+
+
+def hover_lines(data: ResultsData, row: Mapping[str, Any], skip: Iterable[str] = (), columns: Sequence[str] | None = None) -> str:
+    """The cell parameters a hover shows, one per line: ``columns`` (:func:`hover_columns`),
+    else every varied parameter; parameters that do not apply (null) are left out."""
     skip = set(skip)
-    columns = varying(among, data.param_columns) if among is not None else filter_columns(data)
+    columns = filter_columns(data) if columns is None else columns
     return "<br>".join(
         f"{short_name(c)}={format_value(row[c])}" for c in columns
         if c in row and c not in skip and format_value(row[c]) != "null"
