@@ -39,8 +39,14 @@ def rgb(colour: Sequence[float], alpha: float | None = None) -> str:
 
 
 def filter_columns(data: ResultsData) -> list[str]:
-    """The parameters the page can filter on: every one that varies between the cells."""
-    return data.memo("filter_columns", lambda: varying(data.cells, data.param_columns))
+    """The parameters the page can filter on: those that take two set values somewhere (a
+    parameter that is only null where it does not apply, e.g. ``epsilon`` beside NES, offers
+    nothing to choose), and the pretraining (null = the raw student is a choice)."""
+    def compute() -> list[str]:
+        cells = data.cells
+        return [c for c in data.param_columns
+                if cells[c].nunique(dropna=True) > 1 or (c in data.pretrain_columns and cells[c].nunique(dropna=False) > 1)]
+    return data.memo("filter_columns", compute)
 
 
 def filter_values(data: ResultsData) -> dict[str, list[str]]:
