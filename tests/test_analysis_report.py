@@ -201,3 +201,15 @@ def test_a_users_own_analysis_py_does_not_shadow_the_report(tmp_path: Path) -> N
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "rep" / "index.html").is_file()
+
+
+def test_an_unwritable_report_folder_is_a_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "one"
+    write_cell(folder, {**TOY, "problem.dim": 4, "estimator.kind": "cdg", "estimator.epsilon": 0.1, "seed": 0},
+               probe_rows({(0, 0.1): 0.2, (0, 0.5): 0.1}))
+    (tmp_path / "a-file").write_text("")  # a report folder under a file cannot be created (even by root)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert run(parser.parse_args([str(folder), "--out", str(tmp_path / "a-file" / "report")])) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the report to" in err and "a-file" in err and "Traceback" not in err

@@ -24,7 +24,9 @@ import pandas as pd
 
 from gradsweep.analysis.core import ResultsData, format_value, short_name, varying
 
-__all__ = ["Plot", "lr_axis", "clipped_range", "filter_columns", "filter_values", "params_of", "hover_lines", "rgb"]
+__all__ = [
+    "Plot", "lr_axis", "clipped_range", "filter_columns", "filter_values", "params_of", "hover_columns", "hover_lines", "rgb",
+]
 
 DASHES = ("dash", "solid", "dot", "dashdot", "longdash")  # per compared sweep
 _MPL_DASH = {"solid": "-", "dash": "--", "dot": ":", "dashdot": "-.", "longdash": (0, (8, 3))}
@@ -37,8 +39,14 @@ def rgb(colour: Sequence[float], alpha: float | None = None) -> str:
 
 
 def filter_columns(data: ResultsData) -> list[str]:
-    """The parameters the page can filter on: every one that varies between the cells."""
-    return data.memo("filter_columns", lambda: varying(data.cells, data.param_columns))
+    """The parameters the page can filter on: those that take two set values somewhere (a
+    parameter that is only null where it does not apply, e.g. ``epsilon`` beside NES, offers
+    nothing to choose), and the pretraining (null = the raw student is a choice)."""
+    def compute() -> list[str]:
+        cells = data.cells
+        return [c for c in data.param_columns
+                if cells[c].nunique(dropna=True) > 1 or (c in data.pretrain_columns and cells[c].nunique(dropna=False) > 1)]
+    return data.memo("filter_columns", compute)
 
 
 def filter_values(data: ResultsData) -> dict[str, list[str]]:
@@ -58,11 +66,17 @@ def params_of(data: ResultsData, row: Mapping[str, Any]) -> dict[str, str]:
     return {c: format_value(row[c]) for c in filter_columns(data) if c in row}
 
 
-def hover_lines(data: ResultsData, row: Mapping[str, Any], skip: Iterable[str] = (), among: pd.DataFrame | None = None) -> str:
-    """The cell parameters a hover shows, one per line: those that vary between the configs
-    ``among`` (the figure's; the title names the rest), else every varied parameter."""
+def hover_columns(data: ResultsData, among: pd.DataFrame) -> list[str]:
+    """The parameters that vary between the configs ``among`` (a figure's): what its hovers name;
+    the title names the rest. Computed once per figure (it costs a pass over every column)."""
+    return varying(among, data.param_columns)
+
+
+def hover_lines(data: ResultsData, row: Mapping[str, Any], skip: Iterable[str] = (), columns: Sequence[str] | None = None) -> str:
+    """The cell parameters a hover shows, one per line: ``columns`` (:func:`hover_columns`),
+    else every varied parameter; parameters that do not apply (null) are left out."""
     skip = set(skip)
-    columns = varying(among, data.param_columns) if among is not None else filter_columns(data)
+    columns = filter_columns(data) if columns is None else columns
     return "<br>".join(
         f"{short_name(c)}={format_value(row[c])}" for c in columns
         if c in row and c not in skip and format_value(row[c]) != "null"

@@ -14,7 +14,7 @@ import pandas as pd
 from gradsweep.analysis.aggregate import descent_curves
 from gradsweep.analysis.core import Figure, ResultsData, describe, describe_fixed, format_value, group_keys, short_name, varying
 from gradsweep.analysis.figures import Palette, panels, slug
-from gradsweep.analysis.interactive import Plot, hover_lines, params_of
+from gradsweep.analysis.interactive import hover_columns, Plot, hover_lines, params_of
 
 TITLE = "Descent: loss along repeated steps"
 
@@ -51,6 +51,7 @@ def section(data: ResultsData, out_dir: Path) -> list[Figure]:
         ax = canvas.axes[0]
         positive = True
         plot = Plot([""], "step (updates)", "loss", legend_title="config")
+        hcols = hover_columns(data, group)
         for config in group.index:
             c = by_config.get(config)
             if c is None:
@@ -62,7 +63,7 @@ def section(data: ResultsData, out_dir: Path) -> list[Figure]:
             positive = positive and bool((c["min"] > 0).all())
             row = group.loc[config]
             hover = [f"<b>{labels[config]}</b><br>step {int(r.step)}<br>mean loss {r.mean:.5g}<br>min-max [{r.min:.5g},"
-                     f" {r.max:.5g}] over {int(r.n)} seeds<br>{hover_lines(data, row, among=group)}" for r in c.itertuples()]
+                     f" {r.max:.5g}] over {int(r.n)} seeds<br>{hover_lines(data, row, columns=hcols)}" for r in c.itertuples()]
             plot.line(0, c["step"], c["mean"], label=labels[config], colour=colour, hover=hover,
                       params=params_of(data, row), band=(c["min"], c["max"]), dash="solid")
         plot.y_type = "log" if positive else "linear"

@@ -25,7 +25,7 @@ import pandas as pd
 from gradsweep.analysis.aggregate import probe_curves, summary
 from gradsweep.analysis.core import KIND_NAMES, Figure, ResultsData, describe, describe_fixed, format_value, group_keys, short_name, varying
 from gradsweep.analysis.figures import Palette, slug
-from gradsweep.analysis.interactive import DASHES, Plot, clipped_range, hover_lines, lr_axis, params_of
+from gradsweep.analysis.interactive import hover_columns, DASHES, Plot, clipped_range, hover_lines, lr_axis, params_of
 
 TITLE = "Every estimator on one axis"
 
@@ -83,6 +83,7 @@ def _lr_view(data: ResultsData, table: pd.DataFrame, palette: Palette, dash: dic
         lrs = curves.loc[curves["config"].isin(group["config"]), "lr"].unique()
         plot = Plot(panels, "learning rate lr", DECREASE, x_type=lr_axis(data, lrs), legend_title="estimator (best tuning)")
         lows, highs, chosen = [], [], []
+        hcols = hover_columns(data, group)
         for p, panel in enumerate(panels):
             members = group[group["pretrain_label"] == panel]
             for family, of_family in members.groupby("family", sort=True):
@@ -95,7 +96,7 @@ def _lr_view(data: ResultsData, table: pd.DataFrame, palette: Palette, dash: dic
                     f"<b>{family}</b>{' (' + tuned + ')' if tuned else ''}<br>{panel}<br>lr={format_value(r.lr)}"
                     f"<br>mean {r.mean:.4g} ± {0 if pd.isna(r.std) else r.std:.3g} (std)"
                     f"<br>median {r.median:.4g}, IQR [{r.q25:.4g}, {r.q75:.4g}], min-max [{r.min:.4g}, {r.max:.4g}]"
-                    f"<br>n={int(r.n)} (cells {int(r.cells)}, seeds {int(r.seeds)})<br>{hover_lines(data, best, among=group)}"
+                    f"<br>n={int(r.n)} (cells {int(r.cells)}, seeds {int(r.seeds)})<br>{hover_lines(data, best, columns=hcols)}"
                     for r in c.itertuples()
                 ]
                 plot.line(p, c["lr"], c["mean"], label=family, colour=palette(family), hover=hover,
@@ -136,6 +137,7 @@ def _size_view(data: ResultsData, table: pd.DataFrame, palette: Palette, dash: d
             where = describe(key, title_cols) if title_cols else format_value(key.get("problem.kind"))
             title = f"every estimator: best loss decrease vs {name} - {where}"
             sizes = sorted(group[axis].unique())
+            hcols = hover_columns(data, group)
             log = min(sizes) > 0 and max(sizes) / min(sizes) >= 4
             plot = Plot(panels, f"{name} (problem size)", "best loss decrease (over lr and tuning)",
                         x_type="log" if log else "linear", legend_title="estimator (best tuning)", x_ticks=sizes)
@@ -146,7 +148,7 @@ def _size_view(data: ResultsData, table: pd.DataFrame, palette: Palette, dash: d
                     hover = [
                         f"<b>{family}</b><br>{panel}<br>{name}={format_value(r[axis])}<br>best mean {r['best_mean']:.4g}"
                         f" ± {0 if pd.isna(r['best_std']) else r['best_std']:.3g} at lr={format_value(r['best_lr'])}"
-                        f"<br>{hover_lines(data, r, skip=[axis], among=group)}"
+                        f"<br>{hover_lines(data, r, skip=[axis], columns=hcols)}"
                         for _, r in best.iterrows()
                     ]
                     points = {c: [format_value(v) for v in best[c]] for c in (axis, *TUNED[:2]) if c in best.columns}

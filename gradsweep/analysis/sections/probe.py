@@ -21,7 +21,7 @@ import pandas as pd
 from gradsweep.analysis.aggregate import best_vs_size, cosine_table, probe_curves
 from gradsweep.analysis.core import KIND_NAMES, Figure, ResultsData, describe, describe_fixed, format_value, group_keys, short_name, varying
 from gradsweep.analysis.figures import Palette, panels, slug
-from gradsweep.analysis.interactive import DASHES, Plot, clipped_range, hover_lines, lr_axis, params_of
+from gradsweep.analysis.interactive import hover_columns, DASHES, Plot, clipped_range, hover_lines, lr_axis, params_of
 
 TITLE = "Probe: loss decrease along the estimated direction, and cosine to a reference"
 
@@ -87,6 +87,7 @@ def lr_figures(data: ResultsData, curves: pd.DataFrame, out_dir: Path, palette: 
         plot = Plot([f"{panel} ({data.count(group.index[group['pretrain_label'] == panel], 'probe')})" for panel in panel_labels],
                     LR_LABEL, DECREASE_LABEL, x_type=x_type, legend_title=f"varied: {varied_names}")
         lows, highs = [], []
+        hcols = hover_columns(data, group)
         for i, (ax, panel) in enumerate(zip(canvas.axes, panel_labels)):
             members = group[group["pretrain_label"] == panel]
             for config, row in members.iterrows():
@@ -101,7 +102,7 @@ def lr_figures(data: ResultsData, curves: pd.DataFrame, out_dir: Path, palette: 
                     f"<b>{row['estimator_label']}</b> ({panel})<br>lr={format_value(r.lr)}<br>mean {r.mean:.4g} ± "
                     f"{0 if pd.isna(r.std) else r.std:.3g} (std), down {r.down:.0%}<br>median {r.median:.4g},"
                     f" IQR [{r.q25:.4g}, {r.q75:.4g}], min-max [{r.min:.4g}, {r.max:.4g}]<br>n={int(r.n)}"
-                    f" (cells {int(r.cells)}, seeds {int(r.seeds)})<br>{hover_lines(data, row, among=group)}"
+                    f" (cells {int(r.cells)}, seeds {int(r.seeds)})<br>{hover_lines(data, row, columns=hcols)}"
                     for r in c.itertuples()
                 ]
                 plot.line(i, lr, mean, label=row["estimator_label"], colour=colour, hover=hover,
@@ -158,6 +159,7 @@ def best_vs_size_figures(data: ResultsData, out_dir: Path, palette: Palette) -> 
             panel_labels = _panel_order(group["pretrain_label"])
             canvas = panels(len(panel_labels))
             sizes = sorted(group[axis].unique())
+            hcols = hover_columns(data, group)
             lines = 0
             log = min(sizes) > 0 and max(sizes) / min(sizes) >= 4
             plot = Plot([f"{panel} ({data.count(group.index[group['pretrain_label'] == panel], 'probe')})" for panel in panel_labels],
@@ -177,7 +179,7 @@ def best_vs_size_figures(data: ResultsData, out_dir: Path, palette: Palette) -> 
                     hover = [
                         f"<b>{label}</b> ({panel})<br>{name}={format_value(r[axis])}<br>best mean {r['best_mean']:.4g} ±"
                         f" {0 if pd.isna(r['best_std']) else r['best_std']:.3g} at lr={format_value(r['best_lr'])}"
-                        f"<br>n={int(r['n'])}, seeds {int(r['seeds'])}<br>{hover_lines(data, r, skip=[axis], among=group)}"
+                        f"<br>n={int(r['n'])}, seeds {int(r['seeds'])}<br>{hover_lines(data, r, skip=[axis], columns=hcols)}"
                         for _, r in line.iterrows()
                     ]
                     first = line.iloc[0]
@@ -238,6 +240,7 @@ def cosine_figures(data: ResultsData, table: pd.DataFrame, out_dir: Path) -> lis
         plot = Plot(panel_labels, "layer", "", x_type="category", y_type="category", legend_title="",
                     height=max(300, 28 * len(rows) + 160))
         by_label = group.drop_duplicates("estimator_label").set_index("estimator_label")
+        hcols = hover_columns(data, group)
         for p, (ax, panel) in enumerate(zip(canvas.axes, panel_labels)):
             members = group[group["pretrain_label"] == panel]
             grid = members.pivot_table(index="estimator_label", columns="layer", values="mean", aggfunc="mean")
@@ -247,7 +250,7 @@ def cosine_figures(data: ResultsData, table: pd.DataFrame, out_dir: Path) -> lis
             hover = [[
                 (f"<b>{r}</b> ({panel})<br>layer {layer}<br>mean {s['mean']:.3f}, median {s['median']:.3f},"
                  f" IQR [{s['q25']:.3f}, {s['q75']:.3f}], min-max [{s['min']:.3f}, {s['max']:.3f}]<br>n={int(s['n'])}"
-                 f"<br>{hover_lines(data, by_label.loc[r], among=group)}")
+                 f"<br>{hover_lines(data, by_label.loc[r], columns=hcols)}")
                 if (r, layer) in stats.index and not isinstance(s := stats.loc[(r, layer)], pd.DataFrame) else ""
                 for layer in layers] for r in rows]
             plot.heatmap(p, values, layers, rows, hover=hover, title="cosine",

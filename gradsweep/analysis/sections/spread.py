@@ -21,7 +21,7 @@ import pandas as pd
 from gradsweep.analysis.aggregate import best_spread, cosine_table
 from gradsweep.analysis.core import Figure, ResultsData, describe, describe_fixed, format_value, group_keys, varying
 from gradsweep.analysis.figures import Palette, slug
-from gradsweep.analysis.interactive import Plot, hover_lines, params_of
+from gradsweep.analysis.interactive import hover_columns, Plot, hover_lines, params_of
 
 TITLE = "Spread over seeds and batches: best loss decrease and cosine"
 
@@ -35,11 +35,11 @@ def _stats(row: pd.Series, prefix: str = "", mean: str = "mean") -> dict:
             "q75": row[f"{prefix}q75"], "max": row[f"{prefix}max"], "mean": row[mean]}
 
 
-def _hover(data: ResultsData, row: pd.Series, what: str, s: dict, n: int, extra: str = "", among: pd.DataFrame | None = None) -> str:
+def _hover(data: ResultsData, row: pd.Series, what: str, s: dict, n: int, extra: str = "", columns: list[str] | None = None) -> str:
     return (
         f"<b>{row['estimator_label']}</b> ({row['pretrain_label']})<br>{what}{extra}<br>median {s['median']:.4g},"
         f" IQR [{s['q25']:.4g}, {s['q75']:.4g}]<br>min {s['min']:.4g}, max {s['max']:.4g}, mean {s['mean']:.4g}"
-        f"<br>n={n} (seeds x batches)<br>{hover_lines(data, row, among=among)}"
+        f"<br>n={n} (seeds x batches)<br>{hover_lines(data, row, columns=columns)}"
     )
 
 
@@ -64,6 +64,7 @@ def _best_figures(data: ResultsData, palette: Palette, out_dir: Path) -> list[Fi
         panels = _panel_order(group["pretrain_label"])
         where = describe(key, title_cols) if title_cols else format_value(key.get("problem.kind"))
         title = f"spread of the loss decrease at the best lr - {where}"
+        hcols = hover_columns(data, group)
         plot = Plot(panels, "estimator config", x_type="category", y_title="loss decrease at the config's best lr", legend_title="estimator config",
                     height=520)
         for p, panel in enumerate(panels):
@@ -71,7 +72,7 @@ def _best_figures(data: ResultsData, palette: Palette, out_dir: Path) -> list[Fi
                 s = _stats(row, mean="best_mean")
                 label = row["estimator_label"]
                 plot.box(p, label, s, label=label, colour=palette(label), params=params_of(data, row),
-                         hover=_hover(data, row, "loss decrease", s, int(row["n"]), f" at lr={format_value(row['best_lr'])}", group))
+                         hover=_hover(data, row, "loss decrease", s, int(row["n"]), f" at lr={format_value(row['best_lr'])}", hcols))
         plot.hline(0.0)
         path = plot.save_png(out_dir / f"spread-best-{slug(title)}.png", title)
         caption = (
@@ -97,6 +98,7 @@ def _cosine_figures(data: ResultsData, table: pd.DataFrame, palette: Palette, ou
         where = describe({k: v for k, v in key.items() if k in title_cols}, title_cols) if title_cols else ""
         layer = format_value(key["layer"])
         title = f"spread of the cosine to {format_value(key['reference'])}, layer {layer}" + (f" - {where}" if where else "")
+        hcols = hover_columns(data, group)
         plot = Plot(panels, "estimator config", x_type="category", y_title=f"cosine to {format_value(key['reference'])}", legend_title="estimator config",
                     height=520)
         for p, panel in enumerate(panels):
@@ -104,7 +106,7 @@ def _cosine_figures(data: ResultsData, table: pd.DataFrame, palette: Palette, ou
                 s = _stats(row)
                 label = row["estimator_label"]
                 plot.box(p, label, s, label=label, colour=palette(label), params=params_of(data, row),
-                         hover=_hover(data, row, f"cosine, layer {layer}", s, int(row["n"]), among=group))
+                         hover=_hover(data, row, f"cosine, layer {layer}", s, int(row["n"]), columns=hcols))
         plot.hline(0.0)
         path = plot.save_png(out_dir / f"spread-cosine-{slug(title)}.png", title)
         caption = (
