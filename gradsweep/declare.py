@@ -187,7 +187,12 @@ class OneOf:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Equal as canonical JSON values (``True`` is not ``1``, ``1`` is ``1.0`` only for floats)."""
+    """Equal as canonical values: ``True`` is not ``1``, but ``1`` is ``1.0`` (a float parameter's
+    canonical value is a float whatever the declaration wrote)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
     return type(a) is type(b) and a == b
 
 

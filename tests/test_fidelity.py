@@ -272,3 +272,20 @@ def test_plan_prints_the_warning_and_still_imports_neither_torch_nor_ray(tmp_pat
     proc = subprocess.run([PYTHON, "-c", code], env=cli_env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "warning: estimator.tau" in proc.stderr and "cannot change the result" in proc.stderr
+
+
+def test_xnor_pretraining_stops_at_the_first_epoch_where_validation_has_plateaued(tmp_path: Path):
+    from gradsweep.data import load
+    from gradsweep.problems.xnor_resnet import _plateaued, pretrain
+
+    rule = {"until": "plateau", "patience": 2, "min_delta": 0.5, "max_steps": 400}
+    cfg = {"kind": "xnor_resnet18", "channels": 2, "weights": "binary", "ste": "clipped",
+           "data": {"source": "synthetic", "path": None, "batch_size": 8, "batches": 2, "image_size": 8, "train_size": 64},
+           "pretrain": {"batch_size": 16, "lr": 0.01, "optimizer": "adam", "schedule": "cosine",
+                        "checkpoint_every": 1000, **rule}}
+    data = load(cfg["data"], seed=0)
+    out = pretrain(cfg, data, seed=0, dtype=torch.float32, device=torch.device("cpu"), checkpoint=tmp_path / "c.pt")
+    val = [r["val_loss"] for r in out["records"]]
+    steps = out["records"][-1]["step"]
+    assert steps < 400 and steps % 4 == 0          # stopped at an epoch end (64 / 16 = 4 steps), before max_steps
+    assert _plateaued(val, rule) and not _plateaued(val[:-1], rule)

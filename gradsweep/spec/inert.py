@@ -55,7 +55,7 @@ def inert_warnings(configs: Iterable[Mapping[str, Any]]) -> list[str]:
     out = []
     for path, kinds, param in params:
         values: dict[str, Any] = {}
-        rest: dict[str, set[str]] = {}
+        cells = []
         for cfg in configs:
             if any(_get(cfg, p + ("kind",)) != kind for p, kind in kinds):
                 continue
@@ -64,6 +64,11 @@ def inert_warnings(configs: Iterable[Mapping[str, Any]]) -> list[str]:
                 continue
             text = json.dumps(value, sort_keys=True)
             values.setdefault(text, value)
+            cells.append((cfg, text))
+        if len(values) < 2:
+            continue  # the usual case, decided without copying any cell
+        rest: dict[str, set[str]] = {}
+        for cfg, text in cells:
             # the cell without the inert parameter: cells that share it are duplicates
             copy = json.loads(json.dumps(cfg, default=str))
             del _get(copy, path[:-1])[path[-1]]

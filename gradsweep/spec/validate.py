@@ -612,7 +612,7 @@ def expand_group(
 def _introduced_parts(group: Group, head: Callable[[str], str]) -> frozenset[str]:
     """The ``"key":value`` texts of the group's parameters at their ``introduced`` values."""
     return frozenset(
-        head(k) + _dumps(c.introduced) for k, c in group.fields.items()
+        head(k) + _dumps(validate_value(c, c.introduced)) for k, c in group.fields.items()
         if isinstance(c, Param) and c.introduced is not catalog.ORIGINAL
     )
 
