@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from gradsweep.analysis.aggregate import best_spread
+from gradsweep.store import report_location as store_report_location
 from gradsweep.analysis.core import ResultsData, ResultsError, format_value, load_results, short_name, varying
 from gradsweep.analysis.html import SectionResult, write_index
 from gradsweep.analysis.interactive import filter_values
@@ -36,11 +37,10 @@ def report_location(folder: str | Path, *others: str | Path) -> Path:
     """Where the report of a results folder goes: ``<results>/<name>.report/``, a sibling of
     the data folder (inside it, Polars and other readers that take every file of the folder
     would trip over it). Several folders compared: ``<results>/<name>+<other>....report/``
-    beside the first.
-
-    A local stand-in until the store's public function for this location lands
-    (``gradsweep.store``); it must return the same path.
+    beside the first. One folder: :func:`gradsweep.store.report_location`.
     """
+    if not others:
+        return Path(store_report_location(folder))
     first = Path(folder)
     names = "+".join(Path(f).name for f in (first, *others))
     return first.parent / f"{names}{REPORT_SUFFIX}"
