@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 __all__ = [
     "CELL_FUNCTION", "CellLike", "Outcome", "FaultHooks", "Executor", "Unsatisfiable", "resolve_function",
-    "execute_cell", "execute_chunk", "cell_timeout",
+    "execute_cell", "cell_timeout",
 ]
 
 CELL_FUNCTION = "gradsweep.cell:run_cell"
@@ -179,18 +179,6 @@ def execute_cell(
             cell_id, "error", error=_first_line(exc), traceback=traceback.format_exc(),
             seconds=time.perf_counter() - start, host=host, device=device,
         )
-
-
-def execute_chunk(
-    sweep: str,
-    cells: Sequence[tuple[str, Mapping[str, Any]]],
-    *,
-    cell_fn: str = CELL_FUNCTION,
-    device: str | None = None,
-    hooks: FaultHooks = FaultHooks(),
-) -> list[Outcome]:
-    """Run several ``(cell_id, config)`` in turn; each cell's failure is its own."""
-    return [execute_cell(sweep, cid, cfg, cell_fn=cell_fn, device=device, hooks=hooks) for cid, cfg in cells]
 
 
 class Executor(ABC):
