@@ -7,7 +7,7 @@ import tracemalloc
 
 from gradsweep import catalog
 from gradsweep.spec import load_spec
-from gradsweep.spec.canonical import SWEEP_CELL, resolve_dtype
+from gradsweep.spec.canonical import resolve_dtype, sweep_cell_group
 from gradsweep.spec.expand import _structural
 from gradsweep.spec.validate import Context, _dumps, expand_group
 from gradsweep.spec.yamlload import load_yaml
@@ -35,7 +35,7 @@ def _eager_ids(text: str) -> list[str]:
     ctx = Context()
     header = _structural(raw, ctx)
     seeds = [{"seed": (s, _dumps(s))} for s in dict.fromkeys(header["seeds"])]
-    alts = expand_group(SWEEP_CELL, raw, "", None, ctx, skip=set(catalog.NOT_IN_CELL), factors=[seeds],
+    alts = expand_group(sweep_cell_group(), raw, "", None, ctx, skip=set(catalog.NOT_IN_CELL), factors=[seeds],
                         resolve=resolve_dtype, what="a spec")
     assert not ctx.issues
     return [hashlib.sha256(t.encode()).hexdigest()[:16] for _, t in alts]
