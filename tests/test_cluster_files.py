@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import jsonschema
@@ -333,12 +336,17 @@ def test_slurm_script_dry_run_uses_a_token_given_in_the_environment(tmp_path: Pa
     assert {(mode, tok) for name, mode, tok, *_ in calls if name == "srun"} == {("token", "site-provided-token-0123456789abcdef")}
 
 
-def test_local_cluster_script_parses_node_specs_and_rejects_bad_ones() -> None:
+def _local_cluster_module():
     sys.path.insert(0, str(CLUSTER))
     try:
         import local_cluster
     finally:
         sys.path.remove(str(CLUSTER))
+    return local_cluster
+
+
+def test_local_cluster_script_parses_node_specs_and_rejects_bad_ones() -> None:
+    local_cluster = _local_cluster_module()
     assert local_cluster.parse_node_spec("cpus=2,gpus=2,my_res=1") == {"cpus": 2, "gpus": 2, "resources": {"my_res": 1.0}}
     with pytest.raises(local_cluster.ClusterError, match="gpus must be a whole number"):
         local_cluster.parse_node_spec("gpus=0.5")
@@ -352,6 +360,46 @@ def test_local_cluster_script_parses_node_specs_and_rejects_bad_ones() -> None:
                                            head_address=None if i == 0 else "127.0.0.1:30000") for i in range(3)]
     ports = [int(a.split("=")[1]) for cmd in commands for a in cmd if re.match(r"--[a-z-]*port=\d+$", a)]
     assert len(ports) == len(set(ports))
+
+
+def test_local_cluster_makes_a_private_token_when_there_is_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    local_cluster = _local_cluster_module()
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    token = local_cluster.ensure_local_token()
+    token_file = tmp_path / ".ray" / "auth_token"
+    assert token_file.read_text() == token and len(token) >= 32
+    assert token_file.stat().st_mode & 0o077 == 0  # readable by this user only
+    assert local_cluster.ensure_local_token() == token  # made once, then reused
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-the-environment")
+    assert local_cluster.ensure_local_token() == "from-the-environment"
+
+
+def test_local_cluster_requires_the_token_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real head started with the default settings refuses job API calls without this machine's token."""
+    local_cluster = _local_cluster_module()
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no token yet: start makes one
+    base = next(b for b in (random.randrange(33000, 60000, 1000) for _ in range(50))
+                if all(local_cluster._port_free(p) for p in [b, b + 1, b + 2, *range(b + 10, b + 40)]))
+    state_dir = tmp_path / "cluster"
+    try:
+        state = local_cluster.start(state_dir, [], base_port=base, timeout=180)
+        assert state["auth"] == "token"
+        token = (tmp_path / "home" / ".ray" / "auth_token").read_text()
+        jobs = f"{state['dashboard_url']}/api/jobs/"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(jobs, timeout=30)
+        assert refused.value.code == 401
+        with pytest.raises(urllib.error.HTTPError) as wrong:
+            urllib.request.urlopen(urllib.request.Request(jobs, headers={"Authorization": "Bearer not-the-token"}), timeout=30)
+        assert wrong.value.code in (401, 403)
+        assert local_cluster._get_json(jobs, token=token, timeout=30) == []
+    finally:
+        if (state_dir / local_cluster.STATE_FILE).exists():
+            local_cluster.stop(state_dir)
 
 
 def test_cluster_readme_names_every_file() -> None:
