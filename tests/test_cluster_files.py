@@ -333,7 +333,8 @@ def test_slurm_script_dry_run_uses_a_token_given_in_the_environment(tmp_path: Pa
     result, calls, home = _dry_run_sbatch(tmp_path, RAY_AUTH_TOKEN="site-provided-token-0123456789abcdef")
     assert result.returncode == 0, result.stdout + result.stderr
     assert not (home / ".ray" / "auth_token").exists()
-    assert {(mode, tok) for name, mode, tok, *_ in calls if name == "srun"} == {("token", "site-provided-token-0123456789abcdef")}
+    seen = {(mode, tok) for name, mode, tok, *_ in calls if name == "srun"}
+    assert seen == {("token", "site-provided-token-0123456789abcdef")}
 
 
 def _local_cluster_module():
@@ -394,7 +395,8 @@ def test_local_cluster_requires_the_token_by_default(tmp_path: Path, monkeypatch
             urllib.request.urlopen(jobs, timeout=30)
         assert refused.value.code == 401
         with pytest.raises(urllib.error.HTTPError) as wrong:
-            urllib.request.urlopen(urllib.request.Request(jobs, headers={"Authorization": "Bearer not-the-token"}), timeout=30)
+            wrong_token = {"Authorization": "Bearer not-the-token"}
+            urllib.request.urlopen(urllib.request.Request(jobs, headers=wrong_token), timeout=30)
         assert wrong.value.code in (401, 403)
         assert local_cluster._get_json(jobs, token=token, timeout=30) == []
     finally:
