@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -191,6 +192,31 @@ def local_token() -> str | None:
         return None
 
 
+def ensure_local_token() -> str:
+    """The token of :func:`local_token`, created (random, mode 600) where Ray looks for it when missing.
+
+    Why: a cluster without token authentication runs code for anyone who reaches its ports, and
+    on a shared machine that is every local user; so ``start`` turns it on by default, as
+    ``ray.init()`` does, and needs a token to do so.
+    """
+    token = local_token()
+    if token:
+        return token
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    token = secrets.token_hex(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # an empty file, or one made meanwhile by another process
+        token = path.read_text().strip()
+        if not token:
+            raise ClusterError(f"{path} is empty: remove it, or put a token in it") from None
+        return token
+    with os.fdopen(fd, "w") as out:
+        out.write(token)
+    return token
+
+
 def _get_json(url: str, *, token: str | None = None, timeout: float = 5.0) -> Any:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 (local URL)
@@ -236,9 +262,9 @@ def start(
     dashboard URL (for ``gradsweep submit --address``) and every node's pid. On failure, the
     nodes already started are stopped before the error is raised.
 
-    ``auth`` is Ray's ``RAY_AUTH_MODE`` for the nodes: ``token`` (clients then need
-    ``RAY_AUTH_MODE=token`` and the token of :func:`local_token`) or ``disabled``; by default
-    ``token`` when this machine has a token, as Ray itself decides.
+    ``auth`` is Ray's ``RAY_AUTH_MODE`` for the nodes: ``token`` (the default; clients then need
+    ``RAY_AUTH_MODE=token`` and the token of :func:`local_token`, created by
+    :func:`ensure_local_token` when this machine has none) or ``disabled``.
     """
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -265,11 +291,11 @@ def start(
     env.setdefault("RAY_raylet_start_wait_time_s", str(int(max(timeout, 60))))
     env.pop("RAY_ADDRESS", None)
     if auth is None:
-        auth = "token" if local_token() else "disabled"
+        auth = "token"
     if auth not in ("token", "disabled"):
         raise ClusterError(f"--auth: expected 'token' or 'disabled', got {auth!r}")
-    if auth == "token" and not local_token():
-        raise ClusterError("--auth token: no token here; create one with 'ray get-auth-token --generate'")
+    if auth == "token":
+        ensure_local_token()
     env["RAY_AUTH_MODE"] = auth
 
     gcs_address = f"127.0.0.1:{base_port + HEAD_PORTS['port']}"
@@ -390,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-port", type=int, default=26400, help="first of the ~1000 ports the cluster uses")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each node")
     p.add_argument("--auth", choices=("token", "disabled"), default=None,
-                   help="Ray token authentication (default: token when ~/.ray/auth_token or $RAY_AUTH_TOKEN exists)")
+                   help="Ray token authentication (default: token; ~/.ray/auth_token is created when missing)")
     for name, helptext in (("stop", "stop every node this cluster started"), ("address", "print the dashboard URL"),
                            ("status", "print the nodes and whether Ray sees them alive")):
         q = sub.add_parser(name, help=helptext)
