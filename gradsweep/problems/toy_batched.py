@@ -44,9 +44,17 @@ from dataclasses import dataclass
 
 import torch
 
-from gradsweep.problems.quantizers import identity, quantize_
+from gradsweep.problems.quantizers import Staircase, identity, quantize_
 
 __all__ = ["ToyBatchedMixin"]
+
+#: NES on a CPU: the activations of one (points x batch rows) tile stay within this many bytes,
+#: so the quantiser and the next GEMM find them in the cache (see :meth:`ToyBatchedMixin._nes_tile`)
+CPU_TILE_BYTES = 2 << 20
+#: points per tile that NES asks for before it splits the batch rows
+TILE_POINTS = 8
+#: batch rows per tile are a multiple of this when the rows are split (whole cache lines, SIMD width)
+TILE_ALIGN = 64
 
 
 @dataclass
@@ -94,13 +102,17 @@ class ToyBatchedMixin:
         batch: tuple[torch.Tensor, torch.Tensor],
         deltas: dict[str, torch.Tensor],
     ) -> torch.Tensor:
-        """``[L(w + delta_k) for k]`` by batched matmuls, ``chunk_bytes`` of activations at a time.
+        """``[L(w + delta_k) for k]`` by batched matmuls, a tile of (points, batch rows) at a time.
 
-        Layers below the first perturbed one are computed once for all k (their input is shared);
-        from there on each point has its own activations (k, B, width), written into buffers that
-        every chunk reuses and quantised in place: on a CPU, fresh batch-sized tensors per
-        chunk cost more in new pages than the arithmetic (measured at d = 64, B = 16,000: 7 ms
-        per point allocating, 2 ms reusing).
+        Layers below the first perturbed one are computed once for all k (their input is shared).
+        From there on the activations of a tile are kept feature-major, ``(k, width, columns)``
+        with the batch rows as columns, so that every matmul has the wide batch as its output
+        dimension: the first perturbed layer is *one* GEMM ``(k * out, in) @ (in, columns)`` of
+        all k weight matrices stacked, the layers above are batched GEMMs ``(out, in) @ (in,
+        columns)`` per point, and the quantiser rewrites each tile in place while it is still in
+        the cache. The tile is :meth:`_nes_tile` (the whole batch and many points on a GPU, a
+        cache-sized piece of it on a CPU); each point's squared residuals are kept for the whole
+        batch and averaged at the end, so the loss is the same mean over B whatever the tile.
         """
         for name in deltas:
             self._layer_number(name)
@@ -116,24 +128,77 @@ class ToyBatchedMixin:
             return self._linear_losses(point, h, y, deltas, first)
 
         k_total = next(iter(deltas.values())).shape[0]
-        widths = {l: point[f"fc{l}"].shape[0] for l in range(first, self.depth + 1)}
-        per_point = x.shape[0] * sum(widths.values()) * x.element_size()
-        chunk = max(1, min(k_total, int(self.chunk_bytes // per_point)))
-        buffers = {l: torch.empty((chunk, x.shape[0], w), dtype=x.dtype, device=x.device) for l, w in widths.items()}
+        rows = x.shape[0]
+        layers = list(range(first, self.depth + 1))
+        widths = [point[f"fc{l}"].shape[0] for l in layers]
+        chunk, columns = self._nes_tile(k_total, rows, sum(widths) * x.element_size())
+        # one buffer per hidden layer; the output row of each point goes straight into `residuals`
+        buffers = [torch.empty(chunk * w * columns, dtype=x.dtype, device=x.device) for w in widths[:-1]]
+        residuals = torch.empty((chunk, rows), dtype=x.dtype, device=x.device)
         target = y.reshape(1, -1)
+        h_t = h.T  # (in, B): a transposed view, which the GEMM reads as it is
+        two_level = _two_levels(self.quantize)
         out = torch.empty(k_total, dtype=x.dtype, device=x.device)
         for start in range(0, k_total, chunk):
             stop = min(start + chunk, k_total)
-            hk = h  # (B, in) while shared, (k, B, in) after the first perturbed layer
-            for l in range(first, self.depth + 1):
+            k = stop - start
+            # per layer, once per chunk: the weights that multiply the layer's input as the tile
+            # holds it, and what the product is compared with (a hidden layer) or offset by (the
+            # output); with two levels the input is the indicator g and h = a + s g (_two_levels)
+            weights, tests, offset = [], [], None
+            for j, l in enumerate(layers):
                 name = f"fc{l}"
-                w = point[name]
-                # the same sum the plain loop forms
-                wk = w + deltas[name][start:stop] if name in deltas else w
-                zk = torch.matmul(hk, wk.transpose(-1, -2), out=buffers[l][: stop - start])
-                hk = quantize_(self.quantize, zk) if l < self.depth else zk
-            out[start:stop] = hk.squeeze(-1).sub_(target).pow_(2).mean(-1)
+                w = point[name] + deltas[name][start:stop] if name in deltas else point[name]  # the plain loop's sum
+                test = None
+                if two_level is not None:
+                    low, step, test = two_level
+                    if j > 0:
+                        shift = low * w.sum(-1, keepdim=True)  # a W 1: (k, out, 1) or (out, 1)
+                        if j + 1 < len(layers):
+                            test = test - shift
+                        else:
+                            offset = shift.reshape(-1, 1)
+                        w = w * step
+                weights.append(w)
+                tests.append(test)
+            for c0 in range(0, rows, columns):
+                c1 = min(c0 + columns, rows)
+                n = c1 - c0
+                hk = h_t[:, c0:c1]
+                for j, (w, width, test) in enumerate(zip(weights, widths, tests)):
+                    last = j + 1 == len(layers)
+                    buf = residuals[:k, c0:c1].unsqueeze(1) if last else buffers[j][: k * width * n].view(k, width, n)
+                    if j == 0:  # the first perturbed layer: one GEMM for every point of the chunk
+                        torch.mm(w.reshape(k * width, -1), hk, out=buf.view(k * width, n) if not last else buf.squeeze(1))
+                    elif w.dim() == 3:
+                        torch.bmm(w, hk, out=buf)
+                    else:
+                        torch.matmul(w, hk, out=buf)
+                    if not last:
+                        # the next layer's input: the indicator [z >= t] in one in-place pass, or the levels
+                        hk = quantize_(self.quantize, buf) if test is None else buf.ge_(test)
+            res = residuals[:k]
+            if offset is not None:
+                res.add_(offset)
+            out[start:stop] = res.sub_(target).square_().mean(-1)
         return out
+
+    def _nes_tile(self, points: int, rows: int, per_cell: int) -> tuple[int, int]:
+        """(points per chunk, batch rows per tile) for :meth:`losses`; ``per_cell``: bytes per (point, row).
+
+        The activations of a tile take at most ``chunk_bytes``, and on a CPU at most
+        :data:`CPU_TILE_BYTES`, so that each GEMM's output is still in the cache when the
+        quantiser and the next GEMM read it. The whole batch goes in one tile when
+        :data:`TILE_POINTS` points fit (always, on a GPU), else the rows are split so that
+        ``TILE_POINTS`` points do.
+        """
+        budget = self.chunk_bytes if self.device.type != "cpu" else min(self.chunk_bytes, CPU_TILE_BYTES)
+        want = min(points, TILE_POINTS)
+        if want * rows * per_cell <= budget:
+            return max(want, min(points, budget // (rows * per_cell))), rows
+        columns = max(1, budget // (want * per_cell))
+        columns = max(TILE_ALIGN, columns // TILE_ALIGN * TILE_ALIGN) if columns >= TILE_ALIGN else columns
+        return want, min(rows, columns)
 
     def _linear_losses(
         self, point: dict[str, torch.Tensor], h: torch.Tensor, y: torch.Tensor, deltas: dict[str, torch.Tensor], first: int
@@ -288,3 +353,19 @@ def _staircase_lookup(x: torch.Tensor, thresholds: torch.Tensor, table: torch.Te
     for j, t in enumerate(thresholds, start=1):
         out = torch.where(x >= t, table[:, j:j + 1], out)
     return out
+
+
+def _two_levels(quantize: object) -> tuple[float, float, float] | None:
+    """``(a, s, t)`` when ``quantize`` is a two-level staircase ``a + s [x >= t]`` with ``s > 0``, else None.
+
+    NES then keeps the indicator ``g = [z >= t]`` (one in-place comparison, several times cheaper
+    than writing the levels) and folds the levels into the next layer: ``W h = (s W) g + a W 1``,
+    so that layer's own test ``W h >= t'`` becomes ``(s W) g >= t' - a W 1`` and the output is
+    ``(s W) g + a W 1``. The same values up to rounding (``s = 2`` scales exactly).
+    """
+    if not isinstance(quantize, Staircase) or len(quantize.thresholds) != 1:
+        return None
+    low, high = quantize.levels
+    if not high > low:
+        return None
+    return low, high - low, quantize.thresholds[0]
