@@ -50,9 +50,9 @@ __all__ = ["ToyBatchedMixin"]
 
 #: NES on a CPU: the activations of one (points x batch rows) tile stay within this many bytes,
 #: so the quantiser and the next GEMM find them in the cache (see :meth:`ToyBatchedMixin._nes_tile`)
-CPU_TILE_BYTES = 2 << 20
+CPU_TILE_BYTES = 4 << 20
 #: points per tile that NES asks for before it splits the batch rows
-TILE_POINTS = 8
+TILE_POINTS = 16
 #: batch rows per tile are a multiple of this when the rows are split (whole cache lines, SIMD width)
 TILE_ALIGN = 64
 
@@ -282,34 +282,147 @@ class ToyBatchedMixin:
     ) -> torch.Tensor:
         """Loss changes when the activation after layer ``l`` is a staircase (see module doc).
 
-        Coordinates are grouped by their unit o. For unit o only rows whose ``z_l[b, o]`` lies
-        within ``max |delta| * max_i |h_{l-1}[b, i]|`` of a threshold can change level (the
-        candidates R); for those, :meth:`_unit_table` gives the row's loss change for each level
-        the unit could take (zero for its current level), which depends on (b, o, level) but not
-        on i or delta. A coordinate's change is then the sum over R of the table entry at the
-        level its moved pre-activation falls in.
+        All candidate (row, unit) pairs at once, never a loop over units:
+
+        1. *pairs*: (b, o) with ``z_l[b, o]`` within ``max |delta of unit o| * max_i |h_{l-1}[b, i]|``
+           of a threshold (a unit that no coordinate moves has none);
+        2. *table*: ``T[p, j]``, pair p's change of ``(out - y)^2`` when its unit takes level j,
+           for every level the pair can reach (:meth:`_pair_table`, chunked);
+        3. *moves*: for a pair and one step value ``delta``, the moved pre-activation
+           ``z + delta * h_{l-1}[b, i]`` (computed as ``addcmul``, exactly as it is compared) is
+           monotone in ``h_{l-1}[b, i]``, so over the row's inputs sorted by value each level is
+           taken on one contiguous range of ranks. A binary search per (pair, step value,
+           threshold) finds the ranges exactly; every rank in a range of another level adds that
+           level's table entry to its coordinate (o, i, delta), if that coordinate was asked for.
+
+        Coordinates are grouped by their step value (CDG has two, +-eps), so the work follows the
+        number of level changes, not rows x coordinates. The sums run in one fixed order (the
+        enumeration order, whatever the chunking): the same numbers for every memory budget.
         """
         thresholds = self._thresholds(fw.residual)
         z, h_prev = fw.z[l], fw.h[l - 1]
-        dtype = fw.residual.dtype
+        dtype, device = fw.residual.dtype, fw.residual.device
+        units, width = z.shape[1], h_prev.shape[1]
         slack = 8 * torch.finfo(dtype).eps  # the candidate test must not miss a rounding-level crossing
-        distance = (z[..., None] - thresholds).abs().amin(-1)  # (B, out_l)
+
+        # unique (step value, unit, input) requests; duplicates share one result
+        steps, group = torch.unique(delta, return_inverse=True)
+        keys, inverse = torch.unique((group * units + o) * width + i, return_inverse=True)
+        result = torch.zeros(keys.numel(), dtype=dtype, device=device)
+        unit_steps, us_of_key = torch.unique(keys // width, return_inverse=True)  # (step value, unit) pairs
+        wanted = torch.full((unit_steps.numel() * width,), -1, dtype=torch.long, device=device)
+        wanted[us_of_key * width + keys % width] = torch.arange(keys.numel(), device=device)
+        us_unit, us_step = unit_steps % units, steps[unit_steps // units]
+
+        # 1. candidate pairs
+        unit_reach = torch.full((units,), -1.0, dtype=dtype, device=device)
+        unit_reach.scatter_reduce_(0, o, delta.abs(), reduce="amax")
         row_reach = h_prev.abs().amax(1)  # (B,)
-        out = torch.zeros(o.numel(), dtype=dtype, device=fw.residual.device)
-        order = torch.argsort(o, stable=True)
-        units, counts = torch.unique_consecutive(o[order], return_counts=True)
-        for unit, coords in zip(units.tolist(), torch.split(order, counts.tolist())):
-            reach = delta[coords].abs().max() * row_reach
-            (rows,) = (distance[:, unit] <= reach * (1 + slack) + slack * z[:, unit].abs()).nonzero(as_tuple=True)
-            if rows.numel() == 0:
+        distance = (z[..., None] - thresholds).abs().amin(-1)  # (B, out_l)
+        reach = unit_reach * row_reach[:, None]
+        near = (distance <= reach * (1 + slack) + slack * z.abs()) & (unit_reach >= 0)
+        flat_pairs = near.reshape(-1).nonzero().squeeze(1)
+        if flat_pairs.numel() == 0:
+            return result[inverse]
+        pb, po = flat_pairs // units, flat_pairs % units
+        zp = z.reshape(-1)[flat_pairs]
+
+        # 2. the table of level changes, for the levels each pair can reach
+        level_now = _level(zp, thresholds)
+        reach_p = reach.reshape(-1)[flat_pairs] * (1 + slack) + slack * zp.abs()
+        table = self._pair_table(point, fw, l, pb, po, level_now, _level(zp - reach_p, thresholds),
+                                 _level(zp + reach_p, thresholds), thresholds)  # (P, levels)
+        levels = table.shape[1]
+
+        # 3. per (pair, step value of its unit): the rank range of each level, then the moves
+        per_unit = torch.bincount(us_unit, minlength=units)
+        by_unit = torch.argsort(us_unit, stable=True)
+        first_us = torch.cumsum(per_unit, 0) - per_unit
+        sorted_h, order = torch.sort(h_prev, dim=1, stable=True)
+        sorted_h, order = sorted_h.reshape(-1), order.reshape(-1)
+        counts = per_unit[po]
+        per_search = 24 * 8 * levels  # bytes of the tensors of one search
+        step_pairs = max(1, int(self.chunk_bytes // (per_search * max(1, int(counts.max())))))
+        grid = torch.arange(levels, device=device)
+        for p0 in range(0, pb.numel(), step_pairs):
+            p1 = min(p0 + step_pairs, pb.numel())
+            n = counts[p0:p1]
+            qp = torch.repeat_interleave(torch.arange(p0, p1, device=device), n)
+            within = torch.arange(qp.numel(), device=device) - (torch.cumsum(n, 0) - n).repeat_interleave(n)
+            qus = by_unit[first_us[po[qp]] + within]
+            qb, qz, qd = pb[qp], zp[qp], us_step[qus]
+            falling = qd < 0
+            # cut[:, j]: ranks before the moved value crosses threshold j (rising: below it; falling: at or above)
+            cut = torch.stack([_count_prefix(sorted_h, qb * width, width, qz, qd, t, falling) for t in thresholds], 1)
+            full = torch.full_like(cut[:, :1], width)
+            none = torch.zeros_like(full)
+            lo = torch.where(falling[:, None], torch.cat([cut, none], 1), torch.cat([none, cut], 1))
+            hi = torch.where(falling[:, None], torch.cat([full, cut], 1), torch.cat([cut, full], 1))
+            length = (hi - lo).masked_fill_(grid == level_now[qp][:, None], 0)  # (Q, levels)
+            sq, sj = length.nonzero(as_tuple=True)  # segments: ranks [lo, hi) of search sq at level sj
+            self._add_moves(result, wanted, order, (qb * width)[sq] + lo[sq, sj], length[sq, sj],
+                            table[qp[sq], sj], qus[sq] * width)
+        return result[inverse] / fw.rows
+
+    def _add_moves(
+        self, result: torch.Tensor, wanted: torch.Tensor, order: torch.Tensor, start: torch.Tensor,
+        length: torch.Tensor, value: torch.Tensor, wanted_row: torch.Tensor,
+    ) -> None:
+        """Each segment s covers flat sorted positions ``start_s .. start_s + length_s - 1``; each
+        position's input ``i = order[pos]`` adds ``value_s`` to ``result[wanted[wanted_row_s + i]]``
+        (when that coordinate was asked for, ``>= 0``). Chunked to ``chunk_bytes``."""
+        ends = torch.cumsum(length, 0)
+        if ends.numel() == 0 or int(ends[-1]) == 0:
+            return
+        budget = max(int(length.max()), int(self.chunk_bytes // (12 * 8)))  # 12 tensors of int64 per move
+        total = int(ends[-1])
+        marks = torch.arange(budget, total, budget, device=ends.device) if total > budget else ends[:0]
+        bounds = [0, *torch.searchsorted(ends, marks, right=True).tolist(), length.numel()]
+        for s0, s1 in zip(bounds, bounds[1:]):
+            if s1 <= s0:
                 continue
-            table = self._unit_table(point, fw, l, unit, rows, thresholds)  # (R, levels)
-            z_o, h_rows = z[:, unit].index_select(0, rows)[:, None], h_prev.index_select(0, rows)
-            per_chunk = max(1, int(self.chunk_bytes // (rows.numel() * fw.residual.element_size() * 4)))
-            for chunk in torch.split(coords, per_chunk):
-                moved = torch.addcmul(z_o, h_rows.index_select(1, i[chunk]), delta[chunk][None, :])  # (R, k)
-                out[chunk] = _staircase_lookup(moved, thresholds, table).sum(0)
-        return out / fw.rows
+            n = length[s0:s1]
+            seg = torch.repeat_interleave(torch.arange(s0, s1, device=n.device), n)
+            pos = torch.arange(seg.numel(), device=n.device) + (start[s0:s1] - (torch.cumsum(n, 0) - n))[seg - s0]
+            target = wanted[wanted_row[seg] + order[pos]]
+            asked = (target >= 0).nonzero().squeeze(1)
+            if asked.numel() < target.numel():
+                target, seg = target[asked], seg[asked]
+            _accumulate(result, target, value[seg])
+
+    def _pair_table(
+        self, point: dict[str, torch.Tensor], fw: _Forward, l: int, pb: torch.Tensor, po: torch.Tensor,
+        level_now: torch.Tensor, level_low: torch.Tensor, level_high: torch.Tensor, thresholds: torch.Tensor,
+    ) -> torch.Tensor:
+        """``T[p, j]``: row ``pb[p]``'s change of ``(out - y)^2`` when unit ``po[p]`` of layer ``l`` takes level j.
+
+        Computed for ``level_low[p] <= j <= level_high[p]`` (the levels the pair can reach), zero
+        elsewhere and at the unit's own level. The level values are what ``quantize`` itself
+        returns on each step (level j starts at threshold j - 1). A jump of the unit moves
+        ``z_{l+1}`` by ``jump * W_{l+1}[:, unit]`` (rank one); from there the rows go through the
+        rest of the net, every (pair, level) at once in chunks of ``chunk_bytes``.
+        """
+        starts = torch.cat([thresholds[:1] - 1, thresholds])
+        level_values = self.quantize(starts)  # (levels,)
+        levels = level_values.numel()
+        table = torch.zeros((pb.numel(), levels), dtype=fw.residual.dtype, device=fw.residual.device)
+        grid = torch.arange(levels, device=pb.device)
+        reachable = (grid >= level_low[:, None]) & (grid <= level_high[:, None]) & (grid != level_now[:, None])
+        ep, ej = reachable.nonzero(as_tuple=True)
+        w_next_t = point[f"fc{l + 1}"].T  # (out_l, out_{l+1}): row o is the column W_{l+1}[:, o]
+        widest = max(point[f"fc{m}"].shape[0] for m in range(l + 1, self.depth + 1))
+        step = max(1, int(self.chunk_bytes // (widest * fw.residual.element_size() * 6)))
+        for e0 in range(0, ep.numel(), step):
+            p, j = ep[e0:e0 + step], ej[e0:e0 + step]
+            at = pb[p]
+            jump = level_values[j] - fw.h[l][at, po[p]]
+            dz = jump[:, None] * w_next_t[po[p]]  # (events, out_{l+1})
+            for m in range(l + 1, self.depth):
+                dh = self.quantize(fw.z[m][at] + dz) - fw.h[m][at]
+                dz = dh @ point[f"fc{m + 1}"].T
+            dout = dz[:, 0]
+            table[p, j] = dout * (2 * fw.residual[at] + dout)
+        return table
 
     def _thresholds(self, like: torch.Tensor) -> torch.Tensor:
         thresholds = getattr(self.quantize, "thresholds", None)
@@ -319,40 +432,46 @@ class ToyBatchedMixin:
             )
         return torch.tensor(thresholds, dtype=like.dtype, device=like.device)
 
-    def _unit_table(
-        self, point: dict[str, torch.Tensor], fw: _Forward, l: int, unit: int, rows: torch.Tensor, thresholds: torch.Tensor
-    ) -> torch.Tensor:
-        """``T[r, j]``: the change of row ``rows[r]``'s ``(out - y)^2`` when ``h_l[., unit]`` takes level j.
 
-        Zero where the unit already has level j. The level values are what ``quantize`` itself
-        returns on each step (level j starts at threshold j - 1). A jump of the unit moves
-        ``z_{l+1}`` by ``jump * W_{l+1}[:, unit]`` (rank one); from there the rows go through the
-        rest of the net, every level at once.
-        """
-        starts = torch.cat([thresholds[:1] - 1, thresholds])
-        level_values = self.quantize(starts)  # (levels,)
-        jump = level_values[:, None] - fw.h[l][:, unit].index_select(0, rows)  # (levels, R)
-        level, r = jump.nonzero(as_tuple=True)  # only real jumps: a unit's own level changes nothing
-        at = rows.index_select(0, r)
-        dz = jump[level, r, None] * point[f"fc{l + 1}"][:, unit]  # (jumps, out_{l+1})
-        for m in range(l + 1, self.depth):
-            dh = self.quantize(fw.z[m].index_select(0, at) + dz) - fw.h[m].index_select(0, at)
-            dz = dh @ point[f"fc{m + 1}"].T
-        dout = dz[:, 0]
-        table = torch.zeros((rows.numel(), level_values.numel()), dtype=dz.dtype, device=dz.device)
-        table[r, level] = dout * (2 * fw.residual.index_select(0, at) + dout)
-        return table
+def _level(x: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """How many thresholds are ``<= x`` (the staircase's level index; a value on a threshold goes up)."""
+    level = torch.zeros(x.shape, dtype=torch.long, device=x.device)
+    for t in thresholds:
+        level += x >= t
+    return level
 
 
-def _staircase_lookup(x: torch.Tensor, thresholds: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """``table[r, j]`` where j counts the thresholds ``<= x[r, k]`` (a value on a threshold goes up).
+def _count_prefix(
+    sorted_flat: torch.Tensor, row_start: torch.Tensor, width: int, z: torch.Tensor, step: torch.Tensor,
+    threshold: torch.Tensor, falling: torch.Tensor,
+) -> torch.Tensor:
+    """Per query q: how many of row q's sorted inputs v move ``z_q + step_q * v`` below ``threshold``
+    (at or above it when ``falling_q``): a binary search on that exact, monotone predicate.
 
-    A chain of ``where`` (exact entries, no integer level tensor): ``x`` is (R, k), ``table`` (R, levels).
+    ``torch.searchsorted`` wants one sorted row per query; here many queries share a row and the
+    predicate is the moved value itself (so the ranges agree with ``addcmul`` to the last bit).
     """
-    out = table[:, :1].expand_as(x)
-    for j, t in enumerate(thresholds, start=1):
-        out = torch.where(x >= t, table[:, j:j + 1], out)
-    return out
+    lo = torch.zeros_like(row_start)
+    hi = torch.full_like(row_start, width)
+    for _ in range(width.bit_length()):
+        mid = (lo + hi) // 2
+        v = sorted_flat[row_start + mid.clamp(max=width - 1)]
+        inside = ((torch.addcmul(z, v, step) < threshold) != falling) & (mid < hi)
+        lo = torch.where(inside, mid + 1, lo)
+        hi = torch.where(inside, hi, mid)
+    return lo
+
+
+def _accumulate(out: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
+    """``out[index] += values``, repeated indices summed in one fixed order: the same sums on every run.
+
+    ``index_add_`` is sequential on a CPU; on a GPU it adds with atomics (any order), so there the
+    sort-based ``index_put_(accumulate=True)`` is used.
+    """
+    if out.device.type == "cpu":
+        out.index_add_(0, index, values)
+    else:
+        out.index_put_((index,), values, accumulate=True)
 
 
 def _two_levels(quantize: object) -> tuple[float, float, float] | None:
