@@ -55,6 +55,9 @@ CPU_TILE_BYTES = 4 << 20
 TILE_POINTS = 16
 #: batch rows per tile are a multiple of this when the rows are split (whole cache lines, SIMD width)
 TILE_ALIGN = 64
+#: CDG on a layer whose input is a staircase output: the GEMM path when (step values x levels) is
+#: at most this (CDG's +-eps on binary inputs: 4 GEMMs); otherwise the rank-range enumeration
+FEW_MOVES = 16
 
 
 @dataclass
@@ -320,7 +323,7 @@ class ToyBatchedMixin:
         thresholds = self._thresholds(fw.residual)
         z, h_prev = fw.z[l], fw.h[l - 1]
         dtype, device = fw.residual.dtype, fw.residual.device
-        units, width = z.shape[1], h_prev.shape[1]
+        rows, units, width = z.shape[0], z.shape[1], h_prev.shape[1]
         slack = 8 * torch.finfo(dtype).eps  # the candidate test must not miss a rounding-level crossing
 
         # unique (step value, unit, input) requests; duplicates share one result
@@ -351,6 +354,23 @@ class ToyBatchedMixin:
         table = self._pair_table(point, fw, l, pb, po, level_now, _level(zp - reach_p, thresholds),
                                  _level(zp + reach_p, thresholds), thresholds)  # (P, levels)
         levels = table.shape[1]
+
+        if l > 1 and steps.numel() * levels <= FEW_MOVES:
+            # the input is itself a staircase output: per (step value, input level) every pair moves
+            # to one known level, and the sums over rows are one GEMM (units x B) @ (B x inputs)
+            values = self.quantize(torch.cat([thresholds[:1] - 1, thresholds]))
+            moved = torch.zeros((steps.numel(), units, width), dtype=dtype, device=device)
+            flat = po * rows + pb
+            every = torch.arange(zp.numel(), device=device) * levels
+            for v in values:
+                if float(v) == 0.0:
+                    continue  # a zero input moves nothing
+                takes = (h_prev == v).to(dtype)  # (B, inputs)
+                for g in range(steps.numel()):
+                    change = table.reshape(-1).index_select(0, every + _level(torch.addcmul(zp, v, steps[g]), thresholds))
+                    spread = torch.zeros(units * rows, dtype=dtype, device=device).index_put_((flat,), change)
+                    moved[g].addmm_(spread.view(units, rows), takes)
+            return moved.reshape(-1).index_select(0, keys)[inverse] / fw.rows
 
         # 3. per (pair, step value of its unit): the rank range of each level, then the moves
         per_unit = torch.bincount(us_unit, minlength=units)
