@@ -334,6 +334,7 @@ class ToyBatchedMixin:
         wanted = torch.full((unit_steps.numel() * width,), -1, dtype=torch.long, device=device)
         wanted[us_of_key * width + keys % width] = torch.arange(keys.numel(), device=device)
         us_unit, us_step = unit_steps % units, steps[unit_steps // units]
+        every_input = keys.numel() == unit_steps.numel() * width  # then wanted[u * width + i] == u * width + i
 
         # 1. candidate pairs
         unit_reach = torch.full((units,), -1.0, dtype=dtype, device=device)
@@ -401,7 +402,7 @@ class ToyBatchedMixin:
             length = (hi - lo).masked_fill_(grid == level_now.index_select(0, qp)[:, None], 0)  # (Q, levels)
             segment = length.reshape(-1).nonzero().squeeze(1)  # ranks [lo, hi) of search sq at level sj
             sq, sj = segment // levels, segment % levels
-            self._add_moves(result, wanted, order, (qb * width).index_select(0, sq) + lo.reshape(-1).index_select(0, segment),
+            self._add_moves(result, None if every_input else wanted, order, (qb * width).index_select(0, sq) + lo.reshape(-1).index_select(0, segment),
                             length.reshape(-1).index_select(0, segment),
                             table.reshape(-1).index_select(0, qp.index_select(0, sq) * levels + sj),
                             qus.index_select(0, sq) * width)
@@ -427,10 +428,12 @@ class ToyBatchedMixin:
             n = length[s0:s1]
             seg = torch.repeat_interleave(torch.arange(s0, s1, device=n.device), n)
             pos = torch.arange(seg.numel(), device=n.device).add_((start[s0:s1] - (torch.cumsum(n, 0) - n)).index_select(0, seg - s0))
-            target = wanted.index_select(0, wanted_row.index_select(0, seg).add_(order.index_select(0, pos)))
-            asked = (target >= 0).nonzero().squeeze(1)
-            if asked.numel() < target.numel():
-                target, seg = target.index_select(0, asked), seg.index_select(0, asked)
+            target = wanted_row.index_select(0, seg).add_(order.index_select(0, pos))
+            if wanted is not None:  # some coordinates of the unit were not asked for
+                target = wanted.index_select(0, target)
+                asked = (target >= 0).nonzero().squeeze(1)
+                if asked.numel() < target.numel():
+                    target, seg = target.index_select(0, asked), seg.index_select(0, asked)
             _accumulate(result, target, value.index_select(0, seg))
 
     def _pair_table(
@@ -462,15 +465,18 @@ class ToyBatchedMixin:
             p, j = ep[e0:e0 + step], ej[e0:e0 + step]
             at, unit = pb.index_select(0, p), po.index_select(0, p)
             jump = level_values.index_select(0, j) - fw.h[l].reshape(-1).index_select(0, at * fw.h[l].shape[1] + unit)
-            dz = jump[:, None] * w_next_t.index_select(0, unit)  # (events, out_{l+1})
+            dz = None  # the change of z_m, (events, out_m); rank one (jump * W_{l+1}[:, unit]) for m = l + 1
             for m in range(l + 1, self.depth):
-                moved = fw.z[m].index_select(0, at).add_(dz)
+                if dz is None:
+                    moved = torch.addcmul(fw.z[m].index_select(0, at), w_next_t.index_select(0, unit), jump[:, None])
+                else:
+                    moved = fw.z[m].index_select(0, at).add_(dz)
                 if two_level is None:
                     dh = self.quantize(moved) - fw.h[m].index_select(0, at)
                 else:  # one comparison instead of writing the levels; exact zeros where nothing flips
                     dh = below[m].index_select(0, at).add_(moved.ge_(two_level[2]), alpha=two_level[1])
                 dz = dh @ point[f"fc{m + 1}"].T
-            dout = dz[:, 0]
+            dout = (jump * w_next_t.index_select(0, unit)[:, 0]) if dz is None else dz[:, 0]
             table[p, j] = dout * (2 * fw.residual.index_select(0, at) + dout)
         return table
 
