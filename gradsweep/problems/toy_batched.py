@@ -5,6 +5,7 @@ Contract with :class:`gradsweep.problems.toy_mlp.ToyMLP`, which mixes this class
 - ``self.depth``, ``self.dim``; point keys ``fc1 .. fc{depth}``, ``fc{l}`` shaped (out, in):
   (d, d) for l < depth and (1, d) for the last;
 - ``self.quantize(z)``: the student's activation forward (identity for ``fp``);
+- ``self.device``, ``self.chunk_bytes``: where the tensors live and the memory of one batched step;
 - a batch is ``(x, y)``: x (B, d), y (B, 1) the teacher's outputs;
 - forward: h0 = x; z_l = h_{l-1} @ W_l^T; h_l = quantize(z_l) for l < depth; out = z_depth;
   loss = mean((out - y)^2).
@@ -27,12 +28,22 @@ below are reused from one base forward pass.
   closed form applies;
 - step activations (a staircase with ``thresholds``): only batch rows whose quantised
   ``h_l[:, o]`` changes level can change anything downstream, and for unit o only rows with
-  ``z_l[b, o]`` within ``|delta| * max_i |h_{l-1}[b, i]|`` of a threshold can (the candidates).
-  What such a row contributes depends on (row, unit, new level) and not on i or delta, so it is
-  computed once per unit for the candidate rows (the jump is rank one in ``z_{l+1}``, then those
-  rows alone go through the rest of the net), and every coordinate (o, i) sums the entries of
-  the rows whose moved pre-activation lands on a new level: vectorised over the coordinates of a
-  unit, never one forward per coordinate.
+  ``z_l[b, o]`` within ``|delta| * max_i |h_{l-1}[b, i]|`` of a threshold can (the candidate
+  pairs (b, o), all units at once). What such a pair contributes depends on (row, unit, new
+  level) and not on i or delta, so a table of it is computed once for every candidate pair and
+  reachable level (the jump is rank one in ``z_{l+1}``, then those rows alone go through the
+  rest of the net). A coordinate (o, i, delta) sums the entries of the rows whose moved
+  pre-activation ``z_l[b, o] + delta * h_{l-1}[b, i]`` lands on a new level. When
+  ``h_{l-1}`` is itself a staircase output (l > 1) those sums are a few GEMMs (one per step
+  value and input level); otherwise (the input layer) the moved value is monotone in
+  ``h_{l-1}[b, i]``, so over the row's inputs sorted by value each level is one range of ranks,
+  found by a binary search, and only the (pair, input) moves that change a level are visited.
+  No loop over units, never one forward per coordinate (:meth:`ToyBatchedMixin._step_changes`).
+
+How the K whole points of NES are fast (``losses``): feature-major tiles ``(k, width, rows)``
+so that every GEMM writes the wide batch, the first perturbed layer one GEMM for all k points,
+and a two-level (binary) activation kept as the indicator ``[z >= t]`` with its levels folded into
+the next layer's weights and threshold (:func:`_two_levels`).
 
 Loss *changes* are computed directly (``sum over changed rows of dout * (2 r + dout) / B``), not
 as a difference of two losses, so a tiny change keeps its digits.
