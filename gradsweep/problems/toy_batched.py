@@ -59,7 +59,7 @@ from gradsweep.problems.quantizers import Staircase, identity, quantize_
 
 __all__ = ["ToyBatchedMixin"]
 
-#: NES on a CPU: the activations of one (points x batch rows) tile stay within this many bytes,
+#: NES on a CPU: the activations of one (points x batch rows) tile stay within this many bytes per thread,
 #: so the quantiser and the next GEMM find them in the cache (see :meth:`ToyBatchedMixin._nes_tile`)
 CPU_TILE_BYTES = 4 << 20
 #: points per tile that NES asks for before it splits the batch rows
@@ -224,7 +224,10 @@ class ToyBatchedMixin:
         :data:`TILE_POINTS` points fit (always, on a GPU), else the rows are split so that
         ``TILE_POINTS`` points do.
         """
-        budget = self.chunk_bytes if self.device.type != "cpu" else min(self.chunk_bytes, CPU_TILE_BYTES)
+        # on a CPU each thread's share of the tile stays cache-sized (and fewer, larger steps keep
+        # the threads' synchronisations rare)
+        budget = self.chunk_bytes if self.device.type != "cpu" else min(
+            self.chunk_bytes, CPU_TILE_BYTES * max(1, torch.get_num_threads()))
         want = min(points, TILE_POINTS)
         if want * rows * per_cell <= budget:
             return max(want, min(points, budget // (rows * per_cell))), rows
