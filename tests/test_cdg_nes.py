@@ -89,6 +89,17 @@ def test_losses_of_arbitrary_coordinates_and_steps_equal_the_plain_loop(activati
         torch.testing.assert_close(losses, want, rtol=1e-12, atol=1e-12)
 
 
+def test_the_kept_base_forward_follows_an_in_place_change_of_the_point():
+    problem, point, batch = toy("binary", depth=4)
+    index, delta = torch.arange(10), torch.full((10,), 0.3, dtype=torch.float64)
+    problem.perturbed_loss_changes(point, batch, "fc2", index, delta)  # keeps the base forward
+    point["fc1"].mul_(-1.5)  # the same tensor, changed in place
+    got = problem.perturbed_loss_changes(point, batch, "fc2", index, delta)
+    fresh = {n: w.clone() for n, w in point.items()}
+    want = problem.perturbed_loss_changes(fresh, batch, "fc2", index, delta)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_autograd_equals_cdg_for_the_fp_student():
     """An fp student's loss is quadratic in each single weight, so central differences are exact."""
     problem, point, batch = toy("fp", dim=6)
