@@ -130,6 +130,7 @@ def main() -> None:
                 cdg_batched(problem, layer, every, args.epsilon)
                 _sync(device)
                 row += f" {time.perf_counter() - t:12.2f}"
+            row += f"  per batch, all {w.numel()} weights: {t_fast * w.numel() / n:.1f} s (extrapolated)"
             print(row, flush=True)
     print("speedup = (loop seconds per weight) / (batched seconds per weight), on the same weights; "
           "max |diff| compares the two CDG gradients there; moved = share of the +-eps moves that changed "

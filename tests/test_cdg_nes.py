@@ -89,6 +89,17 @@ def test_losses_of_arbitrary_coordinates_and_steps_equal_the_plain_loop(activati
         torch.testing.assert_close(losses, want, rtol=1e-12, atol=1e-12)
 
 
+def test_the_kept_base_forward_follows_an_in_place_change_of_the_point():
+    problem, point, batch = toy("binary", depth=4)
+    index, delta = torch.arange(10), torch.full((10,), 0.3, dtype=torch.float64)
+    problem.perturbed_loss_changes(point, batch, "fc2", index, delta)  # keeps the base forward
+    point["fc1"].mul_(-1.5)  # the same tensor, changed in place
+    got = problem.perturbed_loss_changes(point, batch, "fc2", index, delta)
+    fresh = {n: w.clone() for n, w in point.items()}
+    want = problem.perturbed_loss_changes(fresh, batch, "fc2", index, delta)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_autograd_equals_cdg_for_the_fp_student():
     """An fp student's loss is quadratic in each single weight, so central differences are exact."""
     problem, point, batch = toy("fp", dim=6)
@@ -126,6 +137,21 @@ def test_batched_nes_equals_the_per_sample_loop(activation, antithetic, shaping)
     got = nes.estimate(problem, point, batch, layers, seeding.generator("nes-test"))
     assert set(got) == set(layers)
     assert max_relative_difference(got, want) < 1e-9
+
+
+@pytest.mark.parametrize("activation", ["fp", "binary", "ternary", "2bit"])
+@pytest.mark.parametrize("layers", [["fc1"], ["fc2", "fc4"], ["fc3"], ["fc4"], ["fc1", "fc2", "fc3", "fc4"]])
+def test_batched_losses_equal_one_forward_per_point_whatever_the_tile(activation, layers):
+    """Every perturbed-layer pattern, and tiles that split the batch rows (with a short last tile)."""
+    problem, point, batch = toy(activation, depth=4, dim=6, batch=333)
+    gen = seeding.generator("losses", activation, *layers)
+    deltas = {n: 0.3 * torch.randn((21, *point[n].shape), generator=gen, dtype=point[n].dtype) for n in layers}
+    want = torch.stack([
+        problem.loss({**point, **{n: point[n] + deltas[n][k] for n in layers}}, batch) for k in range(21)
+    ])
+    for budget in (1 << 30, 4_000, 40_000):  # one tile; a few rows per tile; some points per tile
+        problem.chunk_bytes = budget
+        torch.testing.assert_close(problem.losses(point, batch, deltas), want, rtol=1e-12, atol=1e-14)
 
 
 def test_nes_directions_depend_on_seed_and_generator_but_not_on_sample_count():

@@ -5,6 +5,7 @@ Contract with :class:`gradsweep.problems.toy_mlp.ToyMLP`, which mixes this class
 - ``self.depth``, ``self.dim``; point keys ``fc1 .. fc{depth}``, ``fc{l}`` shaped (out, in):
   (d, d) for l < depth and (1, d) for the last;
 - ``self.quantize(z)``: the student's activation forward (identity for ``fp``);
+- ``self.device``, ``self.chunk_bytes``: where the tensors live and the memory of one batched step;
 - a batch is ``(x, y)``: x (B, d), y (B, 1) the teacher's outputs;
 - forward: h0 = x; z_l = h_{l-1} @ W_l^T; h_l = quantize(z_l) for l < depth; out = z_depth;
   loss = mean((out - y)^2).
@@ -27,12 +28,22 @@ below are reused from one base forward pass.
   closed form applies;
 - step activations (a staircase with ``thresholds``): only batch rows whose quantised
   ``h_l[:, o]`` changes level can change anything downstream, and for unit o only rows with
-  ``z_l[b, o]`` within ``|delta| * max_i |h_{l-1}[b, i]|`` of a threshold can (the candidates).
-  What such a row contributes depends on (row, unit, new level) and not on i or delta, so it is
-  computed once per unit for the candidate rows (the jump is rank one in ``z_{l+1}``, then those
-  rows alone go through the rest of the net), and every coordinate (o, i) sums the entries of
-  the rows whose moved pre-activation lands on a new level: vectorised over the coordinates of a
-  unit, never one forward per coordinate.
+  ``z_l[b, o]`` within ``|delta| * max_i |h_{l-1}[b, i]|`` of a threshold can (the candidate
+  pairs (b, o), all units at once). What such a pair contributes depends on (row, unit, new
+  level) and not on i or delta, so a table of it is computed once for every candidate pair and
+  reachable level (the jump is rank one in ``z_{l+1}``, then those rows alone go through the
+  rest of the net). A coordinate (o, i, delta) sums the entries of the rows whose moved
+  pre-activation ``z_l[b, o] + delta * h_{l-1}[b, i]`` lands on a new level. When
+  ``h_{l-1}`` is itself a staircase output (l > 1) those sums are a few GEMMs (one per step
+  value and input level); otherwise (the input layer) the moved value is monotone in
+  ``h_{l-1}[b, i]``, so over the row's inputs sorted by value each level is one range of ranks,
+  found by a binary search, and only the (pair, input) moves that change a level are visited.
+  No loop over units, never one forward per coordinate (:meth:`ToyBatchedMixin._step_changes`).
+
+How the K whole points of NES are fast (``losses``): feature-major tiles ``(k, width, rows)``
+so that every GEMM writes the wide batch, the first perturbed layer one GEMM for all k points,
+and a two-level (binary) activation kept as the indicator ``[z >= t]`` with its levels folded into
+the next layer's weights and threshold (:func:`_two_levels`).
 
 Loss *changes* are computed directly (``sum over changed rows of dout * (2 r + dout) / B``), not
 as a difference of two losses, so a tiny change keeps its digits.
@@ -40,13 +51,24 @@ as a difference of two losses, so a tiny change keeps its digits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from gradsweep.problems.quantizers import identity, quantize_
+from gradsweep.problems.quantizers import Staircase, identity, quantize_
 
 __all__ = ["ToyBatchedMixin"]
+
+#: NES on a CPU: the activations of one (points x batch rows) tile stay within this many bytes per thread,
+#: so the quantiser and the next GEMM find them in the cache (see :meth:`ToyBatchedMixin._nes_tile`)
+CPU_TILE_BYTES = 4 << 20
+#: points per tile that NES asks for before it splits the batch rows
+TILE_POINTS = 16
+#: batch rows per tile are a multiple of this when the rows are split (whole cache lines, SIMD width)
+TILE_ALIGN = 64
+#: CDG on a layer whose input is a staircase output: the GEMM path when (step values x levels) is
+#: at most this (CDG's +-eps on binary inputs: 4 GEMMs); otherwise the rank-range enumeration
+FEW_MOVES = 16
 
 
 @dataclass
@@ -56,6 +78,8 @@ class _Forward:
     h: list[torch.Tensor]
     z: list[torch.Tensor | None]
     residual: torch.Tensor  # out - y, shape (B,)
+    #: per layer l, h[l-1]'s rows sorted by value (flat) and the inputs' order, made on first use
+    sorted_inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -77,6 +101,22 @@ class ToyBatchedMixin:
         return int(name[2:])
 
     def _base_forward(self, point: dict[str, torch.Tensor], batch: tuple[torch.Tensor, torch.Tensor]) -> _Forward:
+        """The base forward of (point, batch), kept for the next call with the same tensors unchanged.
+
+        CDG asks for one layer at a time with the same point and batch; the key holds the
+        tensors' ids and versions (an in-place change is a new key) and the entry keeps them
+        alive, so an id cannot be reused while it is cached.
+        """
+        key = (id(batch[0]), id(batch[1]), batch[0]._version, batch[1]._version,
+               tuple((n, id(t), t._version) for n, t in point.items()))
+        cached = getattr(self, "_forward_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        fw = self._forward(point, batch)
+        self._forward_cache = (key, fw, (batch, dict(point)))
+        return fw
+
+    def _forward(self, point: dict[str, torch.Tensor], batch: tuple[torch.Tensor, torch.Tensor]) -> _Forward:
         x, y = batch
         h: list[torch.Tensor] = [x]
         z: list[torch.Tensor | None] = [None]
@@ -94,13 +134,17 @@ class ToyBatchedMixin:
         batch: tuple[torch.Tensor, torch.Tensor],
         deltas: dict[str, torch.Tensor],
     ) -> torch.Tensor:
-        """``[L(w + delta_k) for k]`` by batched matmuls, ``chunk_bytes`` of activations at a time.
+        """``[L(w + delta_k) for k]`` by batched matmuls, a tile of (points, batch rows) at a time.
 
-        Layers below the first perturbed one are computed once for all k (their input is shared);
-        from there on each point has its own activations (k, B, width), written into buffers that
-        every chunk reuses and quantised in place: on a CPU, fresh batch-sized tensors per
-        chunk cost more in new pages than the arithmetic (measured at d = 64, B = 16,000: 7 ms
-        per point allocating, 2 ms reusing).
+        Layers below the first perturbed one are computed once for all k (their input is shared).
+        From there on the activations of a tile are kept feature-major, ``(k, width, columns)``
+        with the batch rows as columns, so that every matmul has the wide batch as its output
+        dimension: the first perturbed layer is *one* GEMM ``(k * out, in) @ (in, columns)`` of
+        all k weight matrices stacked, the layers above are batched GEMMs ``(out, in) @ (in,
+        columns)`` per point, and the quantiser rewrites each tile in place while it is still in
+        the cache. The tile is :meth:`_nes_tile` (the whole batch and many points on a GPU, a
+        cache-sized piece of it on a CPU); each point's squared residuals are kept for the whole
+        batch and averaged at the end, so the loss is the same mean over B whatever the tile.
         """
         for name in deltas:
             self._layer_number(name)
@@ -116,24 +160,80 @@ class ToyBatchedMixin:
             return self._linear_losses(point, h, y, deltas, first)
 
         k_total = next(iter(deltas.values())).shape[0]
-        widths = {l: point[f"fc{l}"].shape[0] for l in range(first, self.depth + 1)}
-        per_point = x.shape[0] * sum(widths.values()) * x.element_size()
-        chunk = max(1, min(k_total, int(self.chunk_bytes // per_point)))
-        buffers = {l: torch.empty((chunk, x.shape[0], w), dtype=x.dtype, device=x.device) for l, w in widths.items()}
+        rows = x.shape[0]
+        layers = list(range(first, self.depth + 1))
+        widths = [point[f"fc{l}"].shape[0] for l in layers]
+        chunk, columns = self._nes_tile(k_total, rows, sum(widths) * x.element_size())
+        # one buffer per hidden layer; the output row of each point goes straight into `residuals`
+        buffers = [torch.empty(chunk * w * columns, dtype=x.dtype, device=x.device) for w in widths[:-1]]
+        residuals = torch.empty((chunk, rows), dtype=x.dtype, device=x.device)
         target = y.reshape(1, -1)
+        h_t = h.T  # (in, B): a transposed view, which the GEMM reads as it is
+        two_level = _two_levels(self.quantize)
         out = torch.empty(k_total, dtype=x.dtype, device=x.device)
         for start in range(0, k_total, chunk):
             stop = min(start + chunk, k_total)
-            hk = h  # (B, in) while shared, (k, B, in) after the first perturbed layer
-            for l in range(first, self.depth + 1):
+            k = stop - start
+            # per layer, once per chunk: the weights that multiply the layer's input as the tile
+            # holds it, and what the product is compared with (a hidden layer) or offset by (the
+            # output); with two levels the input is the indicator g and h = a + s g (_two_levels)
+            weights, tests, offset = [], [], None
+            for j, l in enumerate(layers):
                 name = f"fc{l}"
-                w = point[name]
-                # the same sum the plain loop forms
-                wk = w + deltas[name][start:stop] if name in deltas else w
-                zk = torch.matmul(hk, wk.transpose(-1, -2), out=buffers[l][: stop - start])
-                hk = quantize_(self.quantize, zk) if l < self.depth else zk
-            out[start:stop] = hk.squeeze(-1).sub_(target).pow_(2).mean(-1)
+                w = point[name] + deltas[name][start:stop] if name in deltas else point[name]  # the plain loop's sum
+                test = None
+                if two_level is not None:
+                    low, step, test = two_level
+                    if j > 0:
+                        shift = low * w.sum(-1, keepdim=True)  # a W 1: (k, out, 1) or (out, 1)
+                        if j + 1 < len(layers):
+                            test = test - shift
+                        else:
+                            offset = shift.reshape(-1, 1)
+                        w = w * step
+                weights.append(w)
+                tests.append(test)
+            for c0 in range(0, rows, columns):
+                c1 = min(c0 + columns, rows)
+                n = c1 - c0
+                hk = h_t[:, c0:c1]
+                for j, (w, width, test) in enumerate(zip(weights, widths, tests)):
+                    last = j + 1 == len(layers)
+                    buf = residuals[:k, c0:c1].unsqueeze(1) if last else buffers[j][: k * width * n].view(k, width, n)
+                    if j == 0:  # the first perturbed layer: one GEMM for every point of the chunk
+                        torch.mm(w.reshape(k * width, -1), hk, out=buf.view(k * width, n) if not last else buf.squeeze(1))
+                    elif w.dim() == 3:
+                        torch.bmm(w, hk, out=buf)
+                    else:
+                        torch.matmul(w, hk, out=buf)
+                    if not last:
+                        # the next layer's input: the indicator [z >= t] in one in-place pass, or the levels
+                        hk = quantize_(self.quantize, buf) if test is None else buf.ge_(test)
+            res = residuals[:k]
+            if offset is not None:
+                res.add_(offset)
+            out[start:stop] = res.sub_(target).square_().mean(-1)
         return out
+
+    def _nes_tile(self, points: int, rows: int, per_cell: int) -> tuple[int, int]:
+        """(points per chunk, batch rows per tile) for :meth:`losses`; ``per_cell``: bytes per (point, row).
+
+        The activations of a tile take at most ``chunk_bytes``, and on a CPU at most
+        :data:`CPU_TILE_BYTES`, so that each GEMM's output is still in the cache when the
+        quantiser and the next GEMM read it. The whole batch goes in one tile when
+        :data:`TILE_POINTS` points fit (always, on a GPU), else the rows are split so that
+        ``TILE_POINTS`` points do.
+        """
+        # on a CPU each thread's share of the tile stays cache-sized (and fewer, larger steps keep
+        # the threads' synchronisations rare)
+        budget = self.chunk_bytes if self.device.type != "cpu" else min(
+            self.chunk_bytes, CPU_TILE_BYTES * max(1, torch.get_num_threads()))
+        want = min(points, TILE_POINTS)
+        if want * rows * per_cell <= budget:
+            return max(want, min(points, budget // (rows * per_cell))), rows
+        columns = max(1, budget // (want * per_cell))
+        columns = max(TILE_ALIGN, columns // TILE_ALIGN * TILE_ALIGN) if columns >= TILE_ALIGN else columns
+        return want, min(rows, columns)
 
     def _linear_losses(
         self, point: dict[str, torch.Tensor], h: torch.Tensor, y: torch.Tensor, deltas: dict[str, torch.Tensor], first: int
@@ -217,34 +317,182 @@ class ToyBatchedMixin:
     ) -> torch.Tensor:
         """Loss changes when the activation after layer ``l`` is a staircase (see module doc).
 
-        Coordinates are grouped by their unit o. For unit o only rows whose ``z_l[b, o]`` lies
-        within ``max |delta| * max_i |h_{l-1}[b, i]|`` of a threshold can change level (the
-        candidates R); for those, :meth:`_unit_table` gives the row's loss change for each level
-        the unit could take (zero for its current level), which depends on (b, o, level) but not
-        on i or delta. A coordinate's change is then the sum over R of the table entry at the
-        level its moved pre-activation falls in.
+        All candidate (row, unit) pairs at once, never a loop over units:
+
+        1. *pairs*: (b, o) with ``z_l[b, o]`` within ``max |delta of unit o| * max_i |h_{l-1}[b, i]|``
+           of a threshold (a unit that no coordinate moves has none);
+        2. *table*: ``T[p, j]``, pair p's change of ``(out - y)^2`` when its unit takes level j,
+           for every level the pair can reach (:meth:`_pair_table`, chunked);
+        3. *moves*: for a pair and one step value ``delta``, the moved pre-activation
+           ``z + delta * h_{l-1}[b, i]`` (computed as ``addcmul``, exactly as it is compared) is
+           monotone in ``h_{l-1}[b, i]``, so over the row's inputs sorted by value each level is
+           taken on one contiguous range of ranks. A binary search per (pair, step value,
+           threshold) finds the ranges exactly; every rank in a range of another level adds that
+           level's table entry to its coordinate (o, i, delta), if that coordinate was asked for.
+
+        Coordinates are grouped by their step value (CDG has two, +-eps), so the work follows the
+        number of level changes, not rows x coordinates. The sums run in one fixed order (the
+        enumeration order, whatever the chunking): the same numbers for every memory budget.
         """
         thresholds = self._thresholds(fw.residual)
         z, h_prev = fw.z[l], fw.h[l - 1]
-        dtype = fw.residual.dtype
+        dtype, device = fw.residual.dtype, fw.residual.device
+        rows, units, width = z.shape[0], z.shape[1], h_prev.shape[1]
         slack = 8 * torch.finfo(dtype).eps  # the candidate test must not miss a rounding-level crossing
-        distance = (z[..., None] - thresholds).abs().amin(-1)  # (B, out_l)
+
+        # unique (step value, unit, input) requests; duplicates share one result
+        steps, group = torch.unique(delta, return_inverse=True)
+        keys, inverse = torch.unique((group * units + o) * width + i, return_inverse=True)
+        result = torch.zeros(keys.numel(), dtype=dtype, device=device)
+        unit_steps, us_of_key = torch.unique(keys // width, return_inverse=True)  # (step value, unit) pairs
+        wanted = torch.full((unit_steps.numel() * width,), -1, dtype=torch.long, device=device)
+        wanted[us_of_key * width + keys % width] = torch.arange(keys.numel(), device=device)
+        us_unit, us_step = unit_steps % units, steps[unit_steps // units]
+        every_input = keys.numel() == unit_steps.numel() * width  # then wanted[u * width + i] == u * width + i
+
+        # 1. candidate pairs
+        unit_reach = torch.full((units,), -1.0, dtype=dtype, device=device)
+        unit_reach.scatter_reduce_(0, o, delta.abs(), reduce="amax")
         row_reach = h_prev.abs().amax(1)  # (B,)
-        out = torch.zeros(o.numel(), dtype=dtype, device=fw.residual.device)
-        order = torch.argsort(o, stable=True)
-        units, counts = torch.unique_consecutive(o[order], return_counts=True)
-        for unit, coords in zip(units.tolist(), torch.split(order, counts.tolist())):
-            reach = delta[coords].abs().max() * row_reach
-            (rows,) = (distance[:, unit] <= reach * (1 + slack) + slack * z[:, unit].abs()).nonzero(as_tuple=True)
-            if rows.numel() == 0:
+        distance = (z[..., None] - thresholds).abs().amin(-1)  # (B, out_l)
+        reach = unit_reach * row_reach[:, None]
+        near = (distance <= reach * (1 + slack) + slack * z.abs()) & (unit_reach >= 0)
+        flat_pairs = near.reshape(-1).nonzero().squeeze(1)
+        if flat_pairs.numel() == 0:
+            return result[inverse]
+        pb, po = flat_pairs // units, flat_pairs % units
+        zp = z.reshape(-1)[flat_pairs]
+
+        # 2. the table of level changes, for the levels each pair can reach
+        level_now = _level(zp, thresholds)
+        reach_p = reach.reshape(-1)[flat_pairs] * (1 + slack) + slack * zp.abs()
+        table = self._pair_table(point, fw, l, pb, po, level_now, _level(zp - reach_p, thresholds),
+                                 _level(zp + reach_p, thresholds), thresholds)  # (P, levels)
+        levels = table.shape[1]
+
+        if l > 1 and steps.numel() * levels <= FEW_MOVES:
+            # the input is itself a staircase output: per (step value, input level) every pair moves
+            # to one known level, and the sums over rows are one GEMM (units x B) @ (B x inputs)
+            values = self.quantize(torch.cat([thresholds[:1] - 1, thresholds]))
+            moved = torch.zeros((steps.numel(), units, width), dtype=dtype, device=device)
+            flat = po * rows + pb
+            every = torch.arange(zp.numel(), device=device) * levels
+            for v in values:
+                if float(v) == 0.0:
+                    continue  # a zero input moves nothing
+                takes = (h_prev == v).to(dtype)  # (B, inputs)
+                for g in range(steps.numel()):
+                    change = table.reshape(-1).index_select(0, every + _level(torch.addcmul(zp, v, steps[g]), thresholds))
+                    spread = torch.zeros(units * rows, dtype=dtype, device=device).index_put_((flat,), change)
+                    moved[g].addmm_(spread.view(units, rows), takes)
+            return moved.reshape(-1).index_select(0, keys)[inverse] / fw.rows
+
+        # 3. per (pair, step value of its unit): the rank range of each level, then the moves
+        per_unit = torch.bincount(us_unit, minlength=units)
+        by_unit = torch.argsort(us_unit, stable=True)
+        first_us = torch.cumsum(per_unit, 0) - per_unit
+        if l not in fw.sorted_inputs:
+            ordered, rank_order = torch.sort(h_prev, dim=1, stable=True)
+            fw.sorted_inputs[l] = (ordered.reshape(-1), rank_order.reshape(-1))
+        sorted_h, order = fw.sorted_inputs[l]
+        counts = per_unit[po]
+        per_search = 24 * 8 * levels  # bytes of the tensors of one search
+        step_pairs = max(1, int(self.chunk_bytes // (per_search * max(1, int(counts.max())))))
+        grid = torch.arange(levels, device=device)
+        for p0 in range(0, pb.numel(), step_pairs):
+            p1 = min(p0 + step_pairs, pb.numel())
+            n = counts[p0:p1]
+            qp = torch.repeat_interleave(torch.arange(p0, p1, device=device), n)
+            within = torch.arange(qp.numel(), device=device) - (torch.cumsum(n, 0) - n).repeat_interleave(n)
+            qus = by_unit.index_select(0, first_us.index_select(0, po.index_select(0, qp)) + within)
+            qb, qz, qd = pb.index_select(0, qp), zp.index_select(0, qp), us_step.index_select(0, qus)
+            falling = qd < 0
+            # cut[:, j]: ranks before the moved value crosses threshold j (rising: below it; falling: at or above)
+            cut = torch.stack([_count_prefix(sorted_h, qb * width, width, qz, qd, t, falling) for t in thresholds], 1)
+            full = torch.full_like(cut[:, :1], width)
+            none = torch.zeros_like(full)
+            lo = torch.where(falling[:, None], torch.cat([cut, none], 1), torch.cat([none, cut], 1))
+            hi = torch.where(falling[:, None], torch.cat([full, cut], 1), torch.cat([cut, full], 1))
+            length = (hi - lo).masked_fill_(grid == level_now.index_select(0, qp)[:, None], 0)  # (Q, levels)
+            segment = length.reshape(-1).nonzero().squeeze(1)  # ranks [lo, hi) of search sq at level sj
+            sq, sj = segment // levels, segment % levels
+            self._add_moves(result, None if every_input else wanted, order, (qb * width).index_select(0, sq) + lo.reshape(-1).index_select(0, segment),
+                            length.reshape(-1).index_select(0, segment),
+                            table.reshape(-1).index_select(0, qp.index_select(0, sq) * levels + sj),
+                            qus.index_select(0, sq) * width)
+        return result[inverse] / fw.rows
+
+    def _add_moves(
+        self, result: torch.Tensor, wanted: torch.Tensor, order: torch.Tensor, start: torch.Tensor,
+        length: torch.Tensor, value: torch.Tensor, wanted_row: torch.Tensor,
+    ) -> None:
+        """Each segment s covers flat sorted positions ``start_s .. start_s + length_s - 1``; each
+        position's input ``i = order[pos]`` adds ``value_s`` to ``result[wanted[wanted_row_s + i]]``
+        (when that coordinate was asked for, ``>= 0``). Chunked to ``chunk_bytes``."""
+        ends = torch.cumsum(length, 0)
+        if ends.numel() == 0 or int(ends[-1]) == 0:
+            return
+        budget = max(int(length.max()), int(self.chunk_bytes // (12 * 8)))  # 12 tensors of int64 per move
+        total = int(ends[-1])
+        marks = torch.arange(budget, total, budget, device=ends.device) if total > budget else ends[:0]
+        bounds = [0, *torch.searchsorted(ends, marks, right=True).tolist(), length.numel()]
+        for s0, s1 in zip(bounds, bounds[1:]):
+            if s1 <= s0:
                 continue
-            table = self._unit_table(point, fw, l, unit, rows, thresholds)  # (R, levels)
-            z_o, h_rows = z[:, unit].index_select(0, rows)[:, None], h_prev.index_select(0, rows)
-            per_chunk = max(1, int(self.chunk_bytes // (rows.numel() * fw.residual.element_size() * 4)))
-            for chunk in torch.split(coords, per_chunk):
-                moved = torch.addcmul(z_o, h_rows.index_select(1, i[chunk]), delta[chunk][None, :])  # (R, k)
-                out[chunk] = _staircase_lookup(moved, thresholds, table).sum(0)
-        return out / fw.rows
+            n = length[s0:s1]
+            seg = torch.repeat_interleave(torch.arange(s0, s1, device=n.device), n)
+            pos = torch.arange(seg.numel(), device=n.device).add_((start[s0:s1] - (torch.cumsum(n, 0) - n)).index_select(0, seg - s0))
+            target = wanted_row.index_select(0, seg).add_(order.index_select(0, pos))
+            if wanted is not None:  # some coordinates of the unit were not asked for
+                target = wanted.index_select(0, target)
+                asked = (target >= 0).nonzero().squeeze(1)
+                if asked.numel() < target.numel():
+                    target, seg = target.index_select(0, asked), seg.index_select(0, asked)
+            _accumulate(result, target, value.index_select(0, seg))
+
+    def _pair_table(
+        self, point: dict[str, torch.Tensor], fw: _Forward, l: int, pb: torch.Tensor, po: torch.Tensor,
+        level_now: torch.Tensor, level_low: torch.Tensor, level_high: torch.Tensor, thresholds: torch.Tensor,
+    ) -> torch.Tensor:
+        """``T[p, j]``: row ``pb[p]``'s change of ``(out - y)^2`` when unit ``po[p]`` of layer ``l`` takes level j.
+
+        Computed for ``level_low[p] <= j <= level_high[p]`` (the levels the pair can reach), zero
+        elsewhere and at the unit's own level. The level values are what ``quantize`` itself
+        returns on each step (level j starts at threshold j - 1). A jump of the unit moves
+        ``z_{l+1}`` by ``jump * W_{l+1}[:, unit]`` (rank one); from there the rows go through the
+        rest of the net, every (pair, level) at once in chunks of ``chunk_bytes``.
+        """
+        starts = torch.cat([thresholds[:1] - 1, thresholds])
+        level_values = self.quantize(starts)  # (levels,)
+        levels = level_values.numel()
+        table = torch.zeros((pb.numel(), levels), dtype=fw.residual.dtype, device=fw.residual.device)
+        grid = torch.arange(levels, device=pb.device)
+        reachable = (grid >= level_low[:, None]) & (grid <= level_high[:, None]) & (grid != level_now[:, None])
+        ep, ej = reachable.nonzero(as_tuple=True)
+        w_next_t = point[f"fc{l + 1}"].T  # (out_l, out_{l+1}): row o is the column W_{l+1}[:, o]
+        widest = max(point[f"fc{m}"].shape[0] for m in range(l + 1, self.depth + 1))
+        step = max(1, int(self.chunk_bytes // (widest * fw.residual.element_size() * 6)))
+        two_level = _two_levels(self.quantize)
+        if two_level is not None:  # h_m - a, exact on both levels: dh = (a - h_m) + s [moved >= t]
+            below = {m: two_level[0] - fw.h[m] for m in range(l + 1, self.depth)}
+        for e0 in range(0, ep.numel(), step):
+            p, j = ep[e0:e0 + step], ej[e0:e0 + step]
+            at, unit = pb.index_select(0, p), po.index_select(0, p)
+            jump = level_values.index_select(0, j) - fw.h[l].reshape(-1).index_select(0, at * fw.h[l].shape[1] + unit)
+            dz = None  # the change of z_m, (events, out_m); rank one (jump * W_{l+1}[:, unit]) for m = l + 1
+            for m in range(l + 1, self.depth):
+                if dz is None:
+                    moved = torch.addcmul(fw.z[m].index_select(0, at), w_next_t.index_select(0, unit), jump[:, None])
+                else:
+                    moved = fw.z[m].index_select(0, at).add_(dz)
+                if two_level is None:
+                    dh = self.quantize(moved) - fw.h[m].index_select(0, at)
+                else:  # one comparison instead of writing the levels; exact zeros where nothing flips
+                    dh = below[m].index_select(0, at).add_(moved.ge_(two_level[2]), alpha=two_level[1])
+                dz = dh @ point[f"fc{m + 1}"].T
+            dout = (jump * w_next_t.index_select(0, unit)[:, 0]) if dz is None else dz[:, 0]
+            table[p, j] = dout * (2 * fw.residual.index_select(0, at) + dout)
+        return table
 
     def _thresholds(self, like: torch.Tensor) -> torch.Tensor:
         thresholds = getattr(self.quantize, "thresholds", None)
@@ -254,37 +502,59 @@ class ToyBatchedMixin:
             )
         return torch.tensor(thresholds, dtype=like.dtype, device=like.device)
 
-    def _unit_table(
-        self, point: dict[str, torch.Tensor], fw: _Forward, l: int, unit: int, rows: torch.Tensor, thresholds: torch.Tensor
-    ) -> torch.Tensor:
-        """``T[r, j]``: the change of row ``rows[r]``'s ``(out - y)^2`` when ``h_l[., unit]`` takes level j.
 
-        Zero where the unit already has level j. The level values are what ``quantize`` itself
-        returns on each step (level j starts at threshold j - 1). A jump of the unit moves
-        ``z_{l+1}`` by ``jump * W_{l+1}[:, unit]`` (rank one); from there the rows go through the
-        rest of the net, every level at once.
-        """
-        starts = torch.cat([thresholds[:1] - 1, thresholds])
-        level_values = self.quantize(starts)  # (levels,)
-        jump = level_values[:, None] - fw.h[l][:, unit].index_select(0, rows)  # (levels, R)
-        level, r = jump.nonzero(as_tuple=True)  # only real jumps: a unit's own level changes nothing
-        at = rows.index_select(0, r)
-        dz = jump[level, r, None] * point[f"fc{l + 1}"][:, unit]  # (jumps, out_{l+1})
-        for m in range(l + 1, self.depth):
-            dh = self.quantize(fw.z[m].index_select(0, at) + dz) - fw.h[m].index_select(0, at)
-            dz = dh @ point[f"fc{m + 1}"].T
-        dout = dz[:, 0]
-        table = torch.zeros((rows.numel(), level_values.numel()), dtype=dz.dtype, device=dz.device)
-        table[r, level] = dout * (2 * fw.residual.index_select(0, at) + dout)
-        return table
+def _level(x: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """How many thresholds are ``<= x`` (the staircase's level index; a value on a threshold goes up)."""
+    level = torch.zeros(x.shape, dtype=torch.long, device=x.device)
+    for t in thresholds:
+        level += x >= t
+    return level
 
 
-def _staircase_lookup(x: torch.Tensor, thresholds: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """``table[r, j]`` where j counts the thresholds ``<= x[r, k]`` (a value on a threshold goes up).
+def _count_prefix(
+    sorted_flat: torch.Tensor, row_start: torch.Tensor, width: int, z: torch.Tensor, step: torch.Tensor,
+    threshold: torch.Tensor, falling: torch.Tensor,
+) -> torch.Tensor:
+    """Per query q: how many of row q's sorted inputs v move ``z_q + step_q * v`` below ``threshold``
+    (at or above it when ``falling_q``): a binary search on that exact, monotone predicate.
 
-    A chain of ``where`` (exact entries, no integer level tensor): ``x`` is (R, k), ``table`` (R, levels).
+    ``torch.searchsorted`` wants one sorted row per query; here many queries share a row and the
+    predicate is the moved value itself (so the ranges agree with ``addcmul`` to the last bit).
     """
-    out = table[:, :1].expand_as(x)
-    for j, t in enumerate(thresholds, start=1):
-        out = torch.where(x >= t, table[:, j:j + 1], out)
-    return out
+    lo = torch.zeros_like(row_start)
+    hi = torch.full_like(row_start, width)
+    for _ in range(width.bit_length()):
+        mid = (lo + hi) // 2
+        v = sorted_flat.index_select(0, row_start + mid.clamp(max=width - 1))
+        inside = ((torch.addcmul(z, v, step) < threshold) != falling) & (mid < hi)
+        lo = torch.where(inside, mid + 1, lo)
+        hi = torch.where(inside, hi, mid)
+    return lo
+
+
+def _accumulate(out: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
+    """``out[index] += values``, repeated indices summed in one fixed order: the same sums on every run.
+
+    ``index_add_`` is sequential on a CPU; on a GPU it adds with atomics (any order), so there the
+    sort-based ``index_put_(accumulate=True)`` is used.
+    """
+    if out.device.type == "cpu":
+        out.index_add_(0, index, values)
+    else:
+        out.index_put_((index,), values, accumulate=True)
+
+
+def _two_levels(quantize: object) -> tuple[float, float, float] | None:
+    """``(a, s, t)`` when ``quantize`` is a two-level staircase ``a + s [x >= t]`` with ``s > 0``, else None.
+
+    NES then keeps the indicator ``g = [z >= t]`` (one in-place comparison, several times cheaper
+    than writing the levels) and folds the levels into the next layer: ``W h = (s W) g + a W 1``,
+    so that layer's own test ``W h >= t'`` becomes ``(s W) g >= t' - a W 1`` and the output is
+    ``(s W) g + a W 1``. The same values up to rounding (``s = 2`` scales exactly).
+    """
+    if not isinstance(quantize, Staircase) or len(quantize.thresholds) != 1:
+        return None
+    low, high = quantize.levels
+    if not high > low:
+        return None
+    return low, high - low, quantize.thresholds[0]
