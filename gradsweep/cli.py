@@ -26,14 +26,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from gradsweep import __version__
-from gradsweep.errors import BadInput
+from gradsweep import errors
+from gradsweep.errors import BadInput, quiet_ray
 
 __all__ = ["main", "build_parser", "COMMANDS", "Command", "BadInput", "quiet_ray"]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-#: -v minus -q of the running command: 0 default, < 0 quiet, > 0 verbose
-VERBOSITY = 0
 
 
 @dataclass(frozen=True)
@@ -149,19 +148,7 @@ def _selected(sweep: Any, args: argparse.Namespace) -> Any:
 
 def _progress_stream() -> Any:
     """Where progress goes: stderr, or nowhere with -q (errors and the final summary still print)."""
-    return open(os.devnull, "w") if VERBOSITY < 0 else sys.stderr
-
-
-def quiet_ray() -> None:
-    """Hide Ray's own banners (token authentication, "Started a local Ray instance") unless -v.
-
-    Call after ``ray`` is imported: importing it sets its logger to INFO.
-    """
-    if VERBOSITY > 0:
-        return
-    import logging
-
-    logging.getLogger("ray").setLevel(logging.ERROR)
+    return open(os.devnull, "w") if errors.VERBOSITY < 0 else sys.stderr
 
 
 def _print_json(data: Any) -> None:
@@ -505,11 +492,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gradsweep`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     bad = _bad_input_types()
-    global VERBOSITY
     try:
         args = _parse(argv)
-        VERBOSITY = int(args.verbose or 0) - int(args.quiet or 0)
-        if VERBOSITY <= 0:  # the autoscaler's "cannot be scheduled right now" lines (read when Ray loads)
+        errors.set_verbosity(int(args.verbose or 0) - int(args.quiet or 0))
+        if errors.VERBOSITY <= 0:  # the autoscaler's "cannot be scheduled right now" lines (read when Ray loads)
             os.environ.setdefault("RAY_SCHEDULER_EVENTS", "0")
         return int(args._run(args))
     except bad as exc:

@@ -88,9 +88,12 @@ def cell_cost(config: Mapping[str, Any]) -> float:
     """A rough size of one cell in floating-point operations (see :func:`cell_estimate`).
 
     :func:`plan` turns it into seconds with :data:`_FLOPS_PER_SECOND`, or calibrates it against
-    the measured ``cell_seconds`` of done cells when there are any.
+    the measured ``cell_seconds`` of done cells when there are any. A loose config (missing keys)
+    is completed by the spec layer first.
     """
-    return cell_estimate(config).flops
+    from gradsweep.spec import canonical_cell
+
+    return cell_estimate(canonical_cell(config)).flops
 
 
 def estimate_seconds(cells: Any) -> float:

@@ -232,4 +232,4 @@ def select_sweep(sweep: Any, selection: Selection) -> Any:
     """The sweep with only the selected cells (the same spec text: what is stored is the whole spec)."""
     if not selection:
         return sweep
-    return replace(sweep, cells=select_cells(sweep.cells, selection))
+    return sweep.with_cells(select_cells(sweep.cells, selection))

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, TextIO
 from urllib.parse import urlsplit
 
-from gradsweep.errors import BadInput
+from gradsweep.errors import BadInput, quiet_ray
 
 __all__ = [
     "SubmitError", "Submission", "JobReport", "resolve_address", "check_results_writable", "build_runtime_env",
@@ -499,7 +499,7 @@ def job_main(argv: list[str] | None = None) -> int:
         print("gradsweep: no cell was run", file=sys.stderr)
         return 2
     print(f"gradsweep: sweep {sweep.name}: {len(sweep.cells)} cells, results in {args.results}/{sweep.name}", flush=True)
-    from gradsweep.cli import main as cli_main, quiet_ray  # the job runs the CLI (imported here, not at the top)
+    from gradsweep.cli import main as cli_main  # the job runs the CLI (imported here, not at the top)
 
     # `gradsweep cancel` (Ray's stop_job) sends SIGTERM: stop as Ctrl-C does, so the cells that
     # arrived are written, those in flight are cancelled, and the lock is released. ray.init sets

@@ -433,7 +433,7 @@ def test_probe_and_train_experiments_run_on_a_user_module():
            "data": {"kind": "synthetic_images", "image_size": 4, "batch_size": 8, "batches": 1}}
     built = build(cfg, seed=0, dtype=torch.float32, device=torch.device("cpu"), factory=SmallBinaryCNN)
     step = {"steps": 3, "log_every": 1, "lr": 0.01, "optimizer": "adam", "normalize": True, "batches": "fresh",
-            "decay": None, "switch": None, "patience": 3, "momentum": 0.9}
+            "decay": None, "switch": None, "patience": 3}
     rows = get_experiment("train")(built, get({"kind": "ste", "variant": "clipped"}), {"params": "all", "step": step},
                                    generator_for=generator_for)
     assert rows.step.tolist() == [0, 1, 2, 3] and rows.accuracy.between(0, 1).all()

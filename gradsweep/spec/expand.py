@@ -88,6 +88,11 @@ class Sweep:
                 self._cells = list(self._make())
         return self._cells
 
+    def with_cells(self, cells: Iterable[Cell]) -> "Sweep":
+        """The same sweep (name, spec text, resources) with only ``cells`` (a subset of its own)."""
+        return Sweep(self.name, self.description, self.experiment, list(cells), self.source_text, self.path,
+                     self.resources)
+
     def iter_cells(self) -> Iterator[Cell]:
         """The cells one at a time, in spec order (the list, once made, is reused)."""
         return iter(self._cells) if self._cells is not None else self._make()

@@ -26,7 +26,7 @@ import yaml
 from gradsweep import catalog
 from gradsweep.catalog import Group, Param, Union
 from gradsweep.spec.errors import Issue, SpecError
-from gradsweep.spec.expand import Sweep, _expand, load_spec
+from gradsweep.spec.expand import Sweep, _cells, _expand, _resources, load_spec
 from gradsweep.spec.validate import Context
 from gradsweep.spec.yamlload import MarkedDict, load_yaml
 
@@ -236,11 +236,12 @@ def load_spec_with_overrides(path_or_text: str | Path, overrides: Sequence[str])
     if problems:
         raise SpecError(problems, source=source)
     ctx = Context()
-    header, cells = _expand(raw, ctx)
+    header, alts = _expand(raw, ctx)
     if ctx.issues:
         raise SpecError(_name_overrides(ctx.issues, owners), source=source)
+    resources = _resources(header)
     return Sweep(
         name=header["name"], description=header.get("description", ""), experiment=header["experiment"],
-        cells=cells, source_text=merged_text(raw, parsed, source), path=path,
-        resources=header.get("resources") or {},
+        cells=_cells(alts, resources), source_text=merged_text(raw, parsed, source), path=path,
+        resources=resources, count=len(alts),
     )
