@@ -86,11 +86,11 @@ def test_report_on_a_read_only_folder_says_where_to_write_instead(tiny_spec: Pat
         if mounted:  # a real read-only mount: even root cannot write there
             subprocess.run(["mount", "-o", "remount,ro", str(results)], check=True)
         else:
-            for path in (results / "tiny", results / "tiny" / "_gradsweep"):
+            for path in (results, results / "tiny", results / "tiny.gradsweep"):
                 path.chmod(0o555)
         proc = gradsweep("report", str(results / "tiny"), env=cli_env)
         assert proc.returncode == 2
-        assert f"cannot write the report to {results / 'tiny' / '_report'}" in proc.stderr
+        assert f"cannot write the report to {str(results / 'tiny.report')!r}" in proc.stderr
         assert "write it elsewhere with --out DIR" in proc.stderr
         _no_traceback(proc)
         elsewhere = gradsweep("report", str(results / "tiny"), "--out", str(tmp_path / "report"), env=cli_env)
@@ -100,7 +100,7 @@ def test_report_on_a_read_only_folder_says_where_to_write_instead(tiny_spec: Pat
         if mounted:
             subprocess.run(["umount", "-l", str(results)], check=False)
         else:
-            for path in (results / "tiny", results / "tiny" / "_gradsweep"):
+            for path in (results, results / "tiny", results / "tiny.gradsweep"):
                 path.chmod(0o755)
 
 
@@ -108,20 +108,21 @@ def test_a_full_disk_while_the_lock_is_created_leaves_no_lock_and_an_empty_one_i
     tiny_spec: Path, tmpfs: Path, cli_env: dict
 ):
     results, folder = tmpfs / "results", tmpfs / "results" / "tiny"
-    (folder / "_gradsweep").mkdir(parents=True)
+    meta = results / "tiny.gradsweep"  # the sweep's bookkeeping, beside its data folder
+    meta.mkdir(parents=True)
     _fill(tmpfs)
     proc = gradsweep("run", str(tiny_spec), "--results", str(results), "--local", env=cli_env)
     assert proc.returncode == 2
-    assert f"cannot create the lock {folder / '_gradsweep' / 'lock'}: no space left on the device" in proc.stderr
+    assert f"cannot create the lock {meta / 'lock'}: no space left on the device" in proc.stderr
     _no_traceback(proc)
-    assert not (folder / "_gradsweep" / "lock").exists()  # nothing left to block the next run
+    assert not (meta / "lock").exists()  # nothing left to block the next run
 
     # an empty lock, as a driver that died on a full disk (or an older version) left it
-    lock = folder / "_gradsweep" / "lock"
+    lock = meta / "lock"
     lock.touch()
     os.utime(lock, (time.time() - 600, time.time() - 600))
     (tmpfs / "filler").unlink()
-    (folder / "_gradsweep" / "spec.yaml").write_text(tiny_spec.read_text())
+    (meta / "spec.yaml").write_text(tiny_spec.read_text())
     status = gradsweep("status", str(folder), env=cli_env)
     assert "the lock file is empty (a driver died writing it): the next run takes it over" in status.stdout
     proc = gradsweep("run", str(tiny_spec), "--results", str(results), "--local", env=cli_env)
@@ -135,7 +136,7 @@ def test_status_says_whether_the_lock_holder_is_alive(tiny_spec: Path, tmp_path:
     import socket
 
     assert gradsweep("run", str(tiny_spec), "--results", str(tmp_path), "--local", env=cli_env).returncode == 0
-    lock = tmp_path / "tiny" / "_gradsweep" / "lock"
+    lock = tmp_path / "tiny.gradsweep" / "lock"
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         lock.write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "started": "t0"}))
@@ -194,7 +195,7 @@ def test_sigterm_stops_a_ray_sweep_like_ctrl_c_and_resume_finishes_it(tiny_spec:
     assert "Traceback" not in err and "SIGTERM received" not in err  # no Python or Ray stack dump
     done = {p.stem for p in folder.glob("*.parquet")}
     assert 1 <= len(done) < 8
-    assert not (folder / "_gradsweep" / "lock").exists() and not list(folder.glob(".*.tmp"))
+    assert not (folder.parent / "tiny.gradsweep" / "lock").exists() and not list(folder.glob(".*.tmp"))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and any(_alive(p) for p in ray_processes):
         time.sleep(0.2)

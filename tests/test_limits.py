@@ -214,8 +214,9 @@ def test_a_cell_no_node_can_hold_is_refused_before_anything_runs(
         assert name in str(exc.value)
     assert "cluster: 1 node(s): 2 CPUs, 0 GPUs" in str(exc.value)
     folder = tmp_path / "r" / "two"
-    assert not list(folder.glob("*.parquet")) and not (folder / "_gradsweep" / "spec.yaml").exists()
-    assert not (folder / "_gradsweep" / "lock").exists()
+    meta = folder.parent / "two.gradsweep"
+    assert not list(folder.glob("*.parquet")) and not (meta / "spec.yaml").exists()
+    assert not (meta / "lock").exists()
 
 
 def test_the_command_line_refuses_an_impossible_request_with_exit_2(ray_local, tmp_path: Path, capsys):
@@ -311,7 +312,7 @@ def test_failure_records_are_json_with_the_attempts(tmp_path: Path):
     sweep = load_spec(two_cells(tmp_path))
     bad = sweep.cells[1].id
     run(sweep, tmp_path / "r", LocalExecutor(hooks=FaultHooks(fail_cells=frozenset({bad}))), stream=io.StringIO())
-    path = tmp_path / "r" / "two" / "_gradsweep" / "failures" / f"{bad}.json"
+    path = tmp_path / "r" / "two.gradsweep" / "failures" / f"{bad}.json"
     record = json.loads(path.read_text())
     assert record["attempts"] == 1 and len(record["errors"]) == 1
 

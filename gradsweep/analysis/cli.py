@@ -142,7 +142,7 @@ def build_report(folder: str | Path | Sequence[str | Path], out_dir: str | Path 
     try:
         figures_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ResultsError(f"cannot write the report to {str(out)!r}: {err.strerror or err} (choose another with --out)") from err
+        raise ResultsError(f"cannot write the report to {str(out)!r}: {err.strerror or err}; write it elsewhere with --out DIR") from err
     for old in figures_dir.glob("*.png"):  # a rerun on more results replaces, never mixes
         old.unlink()
     results = []
