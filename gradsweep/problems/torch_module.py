@@ -377,7 +377,7 @@ class TorchModuleProblem(Problem):
             if next_linear:  # the next layer's output, patched by the one changed input channel
                 m = self.module.get_submodule(chain.targets[mixing])
                 dcol = (new[bi, ki] - base[bi, ki]).unsqueeze(1)  # (p, 1, ...)
-                h = _add_one_channel(m, point, chain.targets[mixing], dcol, o[ki], acts[mixing + 1][bi])
+                h = acts[mixing + 1][bi] + _one_channel(m, point, chain.targets[mixing], dcol, o[ki])
                 rest = mixing + 1
             else:
                 h = h_in[bi].clone()
@@ -511,52 +511,12 @@ def _channelwise(m: nn.Module, h: torch.Tensor, o: torch.Tensor, point: Point, t
     return m(h)  # elementwise or per-channel pooling: no parameters, channels independent
 
 
-def _add_one_channel(m: nn.Module, point: Point, target: str, dcol: torch.Tensor, o: torch.Tensor,
-                     out: torch.Tensor) -> torch.Tensor:
-    """``out`` (P, ...) plus conv/linear ``m`` applied to a change confined to input channel
-    ``o[p]`` of pair p (``dcol`` (P, 1, ...)): ``W[:, o]`` times it, no bias.
-
-    A binary activation's change is sparse (a few flipped positions): then each nonzero entry
-    adds ``v * W[:, o, ky, kx]`` at the outputs its taps reach (scattered, O(nonzeros x taps x
-    Cout)); a dense change goes through one grouped conv over all pairs."""
+def _one_channel(m: nn.Module, point: Point, target: str, dcol: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """Plain conv/linear ``m`` applied to a change confined to input channel ``o[p]`` of pair p
+    (``dcol`` (P, 1, ...)): ``W[:, o]`` times it, no bias. One grouped conv for all pairs."""
     weight = point.get(f"{target}.weight", m.weight)
     if isinstance(m, (BinaryConv2d, BinaryLinear)):
         weight = m.quantized_weight(weight)
-    p = dcol.shape[0]
-    if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and isinstance(m.padding, tuple):
-        p_idx, y, x = dcol[:, 0].nonzero(as_tuple=True)
-        if p_idx.numel() * 8 <= dcol.numel():  # at most 1 in 8 entries changed
-            return _scatter_taps(m, weight, dcol[p_idx, 0, y, x], p_idx, y, x, o, out)
-    return out + _one_channel(m, weight, dcol, o)
-
-
-def _scatter_taps(m: nn.Conv2d, weight: torch.Tensor, v: torch.Tensor, p_idx: torch.Tensor, y: torch.Tensor,
-                  x: torch.Tensor, o: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``out`` plus the conv of sparse input entries ``v`` at (pair, y, x) of channel ``o[pair]``.
-
-    Output (oy, ox) reads input ``(oy * stride - pad + k * dilation)``, so an entry at y reaches
-    ``oy = (y + pad - k * dilation) / stride`` where that is a whole number in range."""
-    out = out.clone()
-    rows = out.permute(0, 2, 3, 1)  # (P, Ho, Wo, Cout), a view: writes land in ``out``
-    (sh, sw), (ph, pw), (dh, dw) = m.stride, m.padding, m.dilation
-    ho, wo = out.shape[2:]
-    cols = weight[:, o[p_idx]]  # (Cout, n, kh, kw)
-    for ky in range(weight.shape[2]):
-        ny = y + ph - ky * dh
-        oy = torch.div(ny, sh, rounding_mode="floor")
-        ok_y = (ny - oy * sh == 0) & (oy >= 0) & (oy < ho)
-        for kx in range(weight.shape[3]):
-            nx = x + pw - kx * dw
-            ox = torch.div(nx, sw, rounding_mode="floor")
-            sel = (ok_y & (nx - ox * sw == 0) & (ox >= 0) & (ox < wo)).nonzero().flatten()
-            if sel.numel():
-                add = v[sel, None] * cols[:, sel, ky, kx].transpose(0, 1)  # (n, Cout)
-                rows.index_put_((p_idx[sel], oy[sel], ox[sel]), add, accumulate=True)
-    return out
-
-
-def _one_channel(m: nn.Module, weight: torch.Tensor, dcol: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
-    """``W[:, o[p]]`` applied to ``dcol[p]`` (P, 1, ...) for every pair: one grouped conv."""
     p = dcol.shape[0]
     if isinstance(m, nn.Conv2d):
         cols = weight[:, o].transpose(0, 1)  # (P, Cout, kh, kw)
