@@ -24,15 +24,18 @@ Batched evaluation:
   BatchNorm (weight or bias) called once as a stage of that chain:
 
   1. the chain up to every cut is run once per (point, batch) and cached;
-  2. moving one coordinate changes one output channel ``o`` of that layer: the K moved channels
-     come from *one* call (a conv with K output channels made of the K moved kernel rows, each
-     re-quantised row by row for binary weights), never a forward per coordinate;
+  2. moving one coordinate changes one output channel ``o`` of that layer. For a weight it is a
+     rank-one update of the cached output (``d`` times the input entries the weight multiplies,
+     ``F.unfold`` for a conv; for XNOR weights the row's new alpha and the one sign that may
+     flip, see :class:`_RankOne`); with a user's own row-wise weight quantiser, the K moved
+     channels come from one conv with K output channels (the K moved rows, re-quantised). Never
+     a forward per coordinate;
   3. stages that act channel by channel (BatchNorm, the quantisers, elementwise activations,
      pooling, dropout) are applied to those K channels only;
   4. at the next stage that mixes channels, only the (sample, coordinate) pairs whose channel
      ``o`` changed are recomputed (a binary activation flips in few): each such pair patches
-     channel ``o`` into its sample's cached activation; when that next stage is a plain
-     ``Conv2d`` / ``Linear``, its output is the cached one plus the layer applied to the one
+     channel ``o`` into its sample's cached activation; when that next stage is an ungrouped
+     ``Conv2d`` / ``Linear`` (binary or not), its output is the cached one plus the layer applied to the one
      changed channel (``W[:, o]``), so even it is not run in full; the rest of the chain runs on
      the stacked pairs, and a pair adds ``(l_new - l_old) / B`` to its coordinate's change.
      A coordinate that changes no sample's channel has a change of exactly 0.
