@@ -17,6 +17,7 @@ from torch import nn
 from gradsweep.estimators import get
 from gradsweep.problems.surrogates import Clipped
 from gradsweep.nn import BinaryConv2d, BinaryLinear, Sign, Ternary, binary_weight, surrogate_scope
+from gradsweep.problems.base import Problem
 from gradsweep.problems.torch_module import TorchModuleProblem, build, builtin_batches
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small tensors: threads only contend
@@ -228,6 +229,54 @@ def test_mlp_cdg_fast_path_matches_the_plain_loop(layer):
     torch.testing.assert_close(fast, plain, rtol=0, atol=1e-12)
     losses = problem.perturbed_losses(point, batch, layer, index, delta)
     torch.testing.assert_close(losses - problem.loss(point, batch), plain, rtol=0, atol=1e-12)
+
+
+class SequentialBinaryCNN(nn.Module):
+    """The example plugin's tiny_bnn layout (an nn.Sequential of stages, then pooling, a flatten
+    in ``forward`` and the classifier), unpadded: each binary conv sums ``width * 9`` products of
+    +-1, an odd count for width 3, so no pre-activation is an exact tie whose sign float rounding
+    would decide (zero padding makes a border's fan-in even: 12 or 18 products)."""
+
+    def __init__(self, width: int = 3, depth: int = 2) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, width, 3), nn.BatchNorm2d(width), Sign()]
+        for _ in range(depth):
+            layers += [BinaryConv2d(width, width, 3, bias=False), nn.BatchNorm2d(width), Sign()]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+_SEQUENTIAL_LAYERS = [
+    "features.0.weight", "features.0.bias", "features.1.weight", "features.1.bias", "features.3.weight",
+    "features.4.weight", "features.4.bias", "features.6.weight", "features.7.bias", "classifier.weight",
+    "classifier.bias",
+]
+
+
+@pytest.mark.parametrize("layer", _SEQUENTIAL_LAYERS)
+def test_sequential_binary_cnn_fast_path_equals_the_general_path(layer):
+    """Freshly initialised (BN at mean 0, var 1), as a plugin's model is probed: every coordinate,
+    both signs, the fast path against one-hot moves through the batched functional forward."""
+    torch.manual_seed(0)
+    module = SequentialBinaryCNN()
+    batches = builtin_batches("synthetic_images", {"image_size": 10, "batch_size": 12, "batches": 1}, seed=0)
+    reference = copy.deepcopy(module).double().eval()
+    problem = TorchModuleProblem(module, batches, dtype=torch.float64)
+    assert problem.chain.targets[-3:] == ["pool", None, "classifier"]
+    assert problem.fast_path(layer) is None
+    point, batch = problem.point(), next(problem.batches())
+    n = point[layer].numel()
+    index = torch.arange(n).repeat(2)
+    delta = torch.cat([torch.full((n,), 0.05), torch.full((n,), -0.05)]).double()
+    fast = problem.perturbed_loss_changes(point, batch, layer, index, delta)
+    general = Problem.perturbed_losses(problem, point, batch, layer, index, delta) - problem.loss(point, batch)
+    torch.testing.assert_close(fast, general, rtol=0, atol=1e-9)
+    plain = loop_changes(reference, batch, layer, index, delta, F.cross_entropy)
+    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-12)
 
 
 def test_a_skip_connection_uses_batched_functional_evaluation():
