@@ -130,7 +130,7 @@ def test_rays_banners_are_hidden_unless_verbose(tiny_spec: Path, tmp_path: Path,
 
     def run(*extra: str) -> str:
         proc = subprocess.run(
-            [PYTHON, "-m", "gradsweep", "run", str(tiny_spec), "--results", str(tmp_path), "--num-cpus", "1",
+            [PYTHON, "-m", "gradsweep", "run", str(tiny_spec), "--results", str(tmp_path), "--num-cpus", "1", "--ray",
              "--where", "problem.dim=4,seed=0,estimator.kind=cdg", *extra],
             env=env, capture_output=True, text=True, timeout=300,
         )

@@ -175,7 +175,7 @@ def _alive(pid: int) -> bool:
 def test_sigterm_stops_a_ray_sweep_like_ctrl_c_and_resume_finishes_it(tiny_spec: Path, tmp_path: Path, cli_env: dict):
     folder = tmp_path / "tiny"
     driver = subprocess.Popen(
-        [PYTHON, "-m", "gradsweep", "run", str(tiny_spec), "--results", str(tmp_path), "--num-cpus", "2"],
+        [PYTHON, "-m", "gradsweep", "run", str(tiny_spec), "--results", str(tmp_path), "--num-cpus", "2", "--ray"],
         env={**cli_env, "GRADSWEEP_CELL_DELAY": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:

@@ -283,6 +283,9 @@ def test_xnor_pretraining_stops_at_the_first_epoch_where_validation_has_plateaue
            "data": {"source": "synthetic", "path": None, "batch_size": 8, "batches": 2, "image_size": 8, "train_size": 64},
            "pretrain": {"batch_size": 16, "lr": 0.01, "optimizer": "adam", "schedule": "cosine",
                         "checkpoint_every": 1000, **rule}}
+    from gradsweep.spec.validate import validate_kind
+
+    cfg = validate_kind("problem", cfg)  # canonical, as a cell passes it
     data = load(cfg["data"], seed=0)
     out = pretrain(cfg, data, seed=0, dtype=torch.float32, device=torch.device("cpu"), checkpoint=tmp_path / "c.pt")
     val = [r["val_loss"] for r in out["records"]]

@@ -132,7 +132,7 @@ CNN_SPEC = """\
 name: plugin-cnn
 problem:
   kind: torch_module
-  model: {kind: tiny_bnn, width: 3, depth: 2}
+  model: {kind: tiny_bnn, width: 3, depth: 2, padding: 0}
   data: {kind: synthetic_images, image_size: 8, batch_size: 12, batches: 1}
 params: [conv:2]
 estimator:
@@ -145,8 +145,9 @@ dtype: float64
 
 
 def test_cdg_on_the_plugins_binary_cnn_equals_a_plain_loop(installed_plugin, tmp_path: Path) -> None:
-    # width 3: a binary conv sums 27 products of +-1, never exactly 0, so no pre-activation sits on
-    # sign's tie, where the module's own rounding (not the estimator) would decide the step
+    # width 3 without padding: a binary conv sums 27 products of +-1, never exactly 0, so no
+    # pre-activation of a fresh network (BatchNorm maps 0 to 0) sits on sign's tie, where the
+    # module's own rounding, not the estimator, would decide the step (docs/plugins.md)
     spec = tmp_path / "cnn.yaml"
     spec.write_text(CNN_SPEC)
     run = _gradsweep("run", str(spec), "--results", str(tmp_path / "results"), "--local")
@@ -161,7 +162,7 @@ def test_cdg_on_the_plugins_binary_cnn_equals_a_plain_loop(installed_plugin, tmp
     with plugin_in_this_process():
         from gradsweep.problems import build_problem
 
-        problem = build_problem({"kind": "torch_module", "model": {"kind": "tiny_bnn", "width": 3, "depth": 2},
+        problem = build_problem({"kind": "torch_module", "model": {"kind": "tiny_bnn", "width": 3, "depth": 2, "padding": 0},
                                  "data": {"kind": "synthetic_images", "image_size": 8, "batch_size": 12, "batches": 1}},
                                 seed=0, dtype=torch.float64, device=torch.device("cpu"), cache_dir=tmp_path)
     module = problem.module

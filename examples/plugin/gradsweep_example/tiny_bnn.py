@@ -16,16 +16,16 @@ from __future__ import annotations
 
 from torch import nn
 
-from gradsweep.declare import ProblemCost, model, positive_int
+from gradsweep.declare import Param, ProblemCost, model, positive_int
 from gradsweep.nn import BinaryConv2d, Sign
 
 
 class TinyBNN(nn.Module):
-    def __init__(self, width: int = 8, depth: int = 2, classes: int = 10) -> None:
+    def __init__(self, width: int = 8, depth: int = 2, padding: int = 1, classes: int = 10) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), Sign()]
         for _ in range(depth):
-            layers += [BinaryConv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), Sign()]
+            layers += [BinaryConv2d(width, width, 3, padding=padding, bias=False), nn.BatchNorm2d(width), Sign()]
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(width, classes)
@@ -36,7 +36,7 @@ class TinyBNN(nn.Module):
 
 def _cost(params: dict) -> ProblemCost:
     """One 8x8 image: the convolutions' multiply-adds (for plan's estimate and layer checks)."""
-    w, depth, pixels = params["width"], params["depth"], 8 * 8
+    w, depth, pixels = params["width"], params["depth"], 8 * 8  # an upper bound without padding
     convs = [3 * w * 9] + [w * w * 9] * depth
     return ProblemCost(eval_flops=2.0 * pixels * sum(convs), params=sum(convs) + 10 * w + 10,
                        layers={"conv": convs, "linear": [10 * w]}, memory_bytes=4.0 * pixels * w * (3 * depth + 3))
@@ -48,6 +48,7 @@ KIND = model(
     params={
         "width": positive_int("channels of every convolution", 8),
         "depth": positive_int("binary 3x3 convolutions", 2),
+        "padding": Param("int", 1, "zero padding of the binary convolutions", low=0),
     },
     doc="fp stem, `depth` binary 3x3 convs with BN and sign, average pooling, fp classifier",
     cost=_cost,
