@@ -17,10 +17,8 @@ from gradsweep.spec.validate import validate_kind
 import torch
 
 from gradsweep.problems.surrogates import surrogate
-from gradsweep.problems.xnor_resnet import (
-    Ctx, activation, architecture, binary_sign, binary_weight, build, logits, pretrain,
-    pretrained,
-)
+from gradsweep.problems.xnor_net import Ctx, activation, architecture, binary_sign, binary_weight, logits
+from gradsweep.problems.xnor_resnet import build, pretrain, pretrained
 
 
 # tiny tensors on a shared 2-core machine: one thread avoids thread-pool contention

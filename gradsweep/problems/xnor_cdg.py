@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from gradsweep.problems import xnor_net as net
 from gradsweep.problems.base import Batch, Point
 
 __all__ = ["XnorCdgMixin"]
@@ -68,8 +69,6 @@ class XnorCdgMixin:
     def _conv_perturbations(
         self, point: Point, batch: Batch, layer: str, index: torch.Tensor, delta: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        from gradsweep.problems import xnor_resnet as net
-
         index = index.reshape(-1).to(self.device)
         delta = delta.reshape(-1).to(device=self.device, dtype=self.dtype)
         if layer in self.subsets:
@@ -143,8 +142,6 @@ class XnorCdgMixin:
 
     def _suffix_ce(self, weights: dict[str, torch.Tensor], h: torch.Tensor, y: torch.Tensor, start: int) -> torch.Tensor:
         """Per-image cross-entropy of block outputs ``h`` from block ``start`` on (running BN)."""
-        from gradsweep.problems import xnor_resnet as net
-
         ctx = self.ctx()
         for blk in self.blocks[start:]:
             h = net.block_forward(blk, weights, self.state, h, ctx)
@@ -152,8 +149,6 @@ class XnorCdgMixin:
 
     def _bn_channels(self, h: torch.Tensor, name: str, channels: torch.Tensor) -> torch.Tensor:
         """BN of (B, k, H, W) where column k is channel ``channels[k]`` of the BN ``name``."""
-        from gradsweep.problems.xnor_resnet import BN_EPS
-
         shape = (1, -1, 1, 1)
         if self.bn == "batch":  # type: ignore[attr-defined]
             mean = h.mean(dim=(0, 2, 3), keepdim=True)
@@ -161,13 +156,11 @@ class XnorCdgMixin:
         else:
             mean = self.state[f"{name}.running_mean"][channels].view(shape)
             var = self.state[f"{name}.running_var"][channels].view(shape)
-        y = (h - mean) / torch.sqrt(var + BN_EPS)
+        y = (h - mean) / torch.sqrt(var + net.BN_EPS)
         return y * self.state[f"{name}.weight"][channels].view(shape) + self.state[f"{name}.bias"][channels].view(shape)
 
     def _suffix(self, weights: dict[str, torch.Tensor], h: torch.Tensor, y: torch.Tensor, start: int, groups: int) -> torch.Tensor:
         """Per-copy losses of ``groups`` stacked block outputs, from block ``start`` on."""
-        from gradsweep.problems import xnor_resnet as net
-
         ctx = self.ctx(groups=groups)
         for blk in self.blocks[start:]:
             h = net.block_forward(blk, weights, self.state, h, ctx)
@@ -175,8 +168,6 @@ class XnorCdgMixin:
 
     def _prefix(self, point: Point, batch: Batch, layer: str) -> dict[str, Any]:
         """Everything up to and including the block of ``layer``, once per (point, batch, layer)."""
-        from gradsweep.problems import xnor_resnet as net
-
         key = (layer, id(batch[0]), id(batch[1]), tuple((n, id(t), t._version) for n, t in point.items()))
         if self._prefix_cache is not None and self._prefix_cache[0] == key:
             return self._prefix_cache[1]
