@@ -13,8 +13,6 @@ an edit of the spec, after a crash or after Ctrl-C computes exactly the cells th
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import math
 import os
 from array import array
@@ -27,6 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Mapping, Sequence
 
+from gradsweep.spec.expand import _gc_off
 from gradsweep.spec.errors import Issue, SpecError
 from gradsweep.store import StoreError, SweepStore
 from gradsweep.views import failed_cell_params, format_params
@@ -253,18 +252,6 @@ def _packed_ids(cells: Any) -> Any:
     return np.fromiter((int(c.id, 16) for c in cells), dtype=np.uint64)
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Any:
-    """The cyclic collector off while millions of acyclic objects come and go (it would rescan them)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def plan(sweep: Any, results: str | os.PathLike[str], *, full: bool = False) -> Plan:
     """Compare ``sweep`` (a ``gradsweep.spec.Sweep``) with ``<results>/<sweep.name>``. Runs nothing.
 
@@ -291,7 +278,7 @@ def plan(sweep: Any, results: str | os.PathLike[str], *, full: bool = False) -> 
     # below runs ten million times for the largest sweeps.
     memo: dict[tuple, list] = {}
     known_failed_any = bool(known_failed)
-    with _gc_paused():
+    with _gc_off():  # millions of acyclic objects come and go: the cyclic collector would rescan them
         for cid, cfg, _ in sweep.iter_cells():  # each cell once: the expansion makes no repeats
             if keep_ids:
                 ids.append(int(cid, 16))
