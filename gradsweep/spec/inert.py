@@ -38,7 +38,7 @@ def inert_params(node: Param | Group | Union | None = None, path: _Path = (), ki
 
 def _get(config: Any, path: _Path) -> Any:
     for key in path:
-        if not isinstance(config, Mapping) or key not in config:
+        if not isinstance(config, dict) or key not in config:  # canonical configs are plain dicts
             return _ABSENT
         config = config[key]
     return config
@@ -51,20 +51,30 @@ def inert_warnings(configs: Iterable[Mapping[str, Any]]) -> list[str]:
     """One message per inert parameter that takes several values among cells that are otherwise
     identical (so their results are too), with the declared reason."""
     params = list(inert_params())
-    configs = list(configs)
+    if not params:
+        return []
+    # One pass over the cells (a sweep of millions is walked, not kept): only the cells that have
+    # an inert parameter are kept. Cells of a grid share their nested mappings, so what a cell's
+    # top-level entries say is decided once per distinct entry object.
+    found: list[tuple[dict[str, Any], list[tuple[Any, str]]]] = [({}, []) for _ in params]
+    memo: dict[tuple[int, tuple[int, ...]], Any] = {}
+    for cfg in configs:
+        for i, (path, kinds, _param) in enumerate(params):
+            tops = tuple(id(cfg.get(p[0])) if p else id(cfg) for p, _ in kinds) + (id(cfg.get(path[0])),)
+            key = (i, tops)
+            hit = memo.get(key, _ABSENT)
+            if hit is _ABSENT:
+                if any(_get(cfg, p + ("kind",)) != kind for p, kind in kinds):
+                    hit = None
+                else:
+                    value = _get(cfg, path)
+                    hit = None if value is _ABSENT else (value, json.dumps(value, sort_keys=True))
+                memo[key] = hit
+            if hit is not None:
+                found[i][0].setdefault(hit[1], hit[0])
+                found[i][1].append((cfg, hit[1]))
     out = []
-    for path, kinds, param in params:
-        values: dict[str, Any] = {}
-        cells = []
-        for cfg in configs:
-            if any(_get(cfg, p + ("kind",)) != kind for p, kind in kinds):
-                continue
-            value = _get(cfg, path)
-            if value is _ABSENT:
-                continue
-            text = json.dumps(value, sort_keys=True)
-            values.setdefault(text, value)
-            cells.append((cfg, text))
+    for (path, kinds, param), (values, cells) in zip(params, found):
         if len(values) < 2:
             continue  # the usual case, decided without copying any cell
         rest: dict[str, set[str]] = {}
