@@ -21,7 +21,6 @@ the torch-free parts of gradsweep only.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
