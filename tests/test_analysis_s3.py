@@ -84,6 +84,7 @@ def test_load_results_reads_the_rows_of_an_s3_folder_as_those_of_a_local_one(
     assert (tmp_path / "elsewhere" / "index.html").is_file()
     assert "in the working directory" not in capsys.readouterr().out
     assert report_location(folder) == Path.cwd() / "tiny.report"
+    assert report_location(f"{folder}?endpoint_override=h:9000&scheme=http") == Path.cwd() / "tiny.report"
 
     with pytest.raises(ResultsError, match=r"cannot read the results folder 's3://.*/nope'.*no such folder"):
         load_results(f"{s3['results']}/nope")
