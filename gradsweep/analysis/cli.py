@@ -4,7 +4,9 @@
 section of :data:`gradsweep.analysis.sections.SECTIONS`, writes ``summary.csv``, ``summary.md``,
 the PNG figures and one self-contained interactive ``index.html`` into
 :func:`report_location` (``<results>/<name>.report/``, beside the data folder so that every
-Parquet reader can read the data folder whole). The runtime's CLI calls :func:`add_arguments`
+Parquet reader can read the data folder whole). A folder on object storage
+(``s3://bucket/results/name``) is read in place, never copied, and its report written locally:
+``./<name>.report/`` in the working directory unless ``--out`` says where. The runtime's CLI calls :func:`add_arguments`
 and :func:`run`; exit codes: 0 written, 1 written but a section failed (the page says which),
 2 bad input (no such folder, no results, an unwritable report folder).
 """
@@ -24,6 +26,7 @@ import pandas as pd
 from gradsweep.analysis.aggregate import best_spread
 from gradsweep.store import report_location as store_report_location
 from gradsweep.analysis.core import ResultsData, ResultsError, format_value, load_results, short_name, varying
+from gradsweep.analysis.core import _folder_name, _is_uri
 from gradsweep.analysis.html import SectionResult, write_index
 from gradsweep.analysis.interactive import filter_values
 from gradsweep.analysis.sections import SECTIONS
@@ -38,12 +41,17 @@ def report_location(folder: str | Path, *others: str | Path) -> Path:
     the data folder (inside it, Polars and other readers that take every file of the folder
     would trip over it). Several folders compared: ``<results>/<name>+<other>....report/``
     beside the first. One folder: :func:`gradsweep.store.report_location`.
+
+    A first folder on object storage (``s3://bucket/results/name``) is read in place but its
+    report is written locally, in the working directory: ``./<name>.report/`` (a page and PNGs
+    to open, not objects to download).
     """
+    names = "+".join(_folder_name(f if _is_uri(f) else Path(f)) for f in (folder, *others))
+    if _is_uri(folder):
+        return Path.cwd() / f"{names}{REPORT_SUFFIX}"
     if not others:
         return Path(store_report_location(folder))
-    first = Path(folder)
-    names = "+".join(Path(f).name for f in (first, *others))
-    return first.parent / f"{names}{REPORT_SUFFIX}"
+    return Path(folder).parent / f"{names}{REPORT_SUFFIX}"
 
 
 @dataclass
@@ -64,12 +72,14 @@ class Report:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``report`` subcommand's arguments."""
     parser.add_argument(
-        "results", type=Path, nargs="+",
-        help="a results folder, <results>/<name>/; several: their cells on the same axes, told apart by sweep",
+        "results", type=str, nargs="+",  # str, not Path: Path("s3://b/r") would be "s3:/b/r"
+        help="a results folder, <results>/<name>/ or s3://bucket/results/<name> (read in place); "
+             "several: their cells on the same axes, told apart by sweep",
     )
     parser.add_argument(
         "--out", type=Path, default=None,
-        help=f"where to write the report (default: <results>/<name>{REPORT_SUFFIX}/ beside the first folder)",
+        help=f"where to write the report (default: <results>/<name>{REPORT_SUFFIX}/ beside the first folder; "
+             f"for an s3:// folder ./<name>{REPORT_SUFFIX}/ in the working directory)",
     )
 
 
@@ -177,6 +187,9 @@ def run(args: argparse.Namespace) -> int:
     count = sum(len(s.figures) for s in report.sections)
     data = report.data
     print(f"report: {report.index} ({count} figures, {len(data.cells)} cells)")
+    if args.out is None and _is_uri(args.results[0]):
+        print(f"  read {args.results[0]} in place; the report is written locally, in the working directory "
+              f"({report.out_dir}; choose another place with --out DIR)")
     if data.missing_cell_ids or data.failures:
         print(f"  partial: {len(data.missing_cell_ids)} cells without results, {len(data.failures)} failed")
     if data.unreadable:

@@ -4,7 +4,9 @@ A results folder (``../shared/SPEC.md``) holds one Parquet file per finished cel
 the declared schema of :mod:`gradsweep.results_schema`. :func:`load_results` reads it back with
 ``pyarrow.dataset`` and that schema (names starting with ``_`` or ``.`` are skipped, so
 ``_gradsweep/`` and temporary files are never read), drops the parameter columns that are null
-everywhere, and gives a :class:`ResultsData`:
+everywhere, and gives a :class:`ResultsData`. The folder may also be on object storage
+(``s3://bucket/results/name``): it is listed and read in place through the store's
+:func:`gradsweep.store.results_files`, never copied.
 
 - ``rows``: every row, with an integer ``config`` column (one id per distinct parameter setting
   other than the seed, so aggregating "over seeds" is a group-by on ``config``);
@@ -19,7 +21,6 @@ the torch-free parts of gradsweep only.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -32,12 +33,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from gradsweep import catalog
 from gradsweep.catalog import Group, Union
 from gradsweep.results_schema import METRIC_FIELDS, introduced_columns, param_fields, results_schema
-from gradsweep.store import bookkeeping_location
+from gradsweep.store import ResultsFiles, StoreError, SweepStore, results_files, split_location
 
 __all__ = [
     "Figure", "ResultsData", "ResultsError", "load_results", "format_value", "short_name",
@@ -165,7 +167,7 @@ class ResultsData:
     (everything else: the problem, the measurement, the step rule, dtype...) partition them.
     """
 
-    folder: Path
+    folder: Path | str  # a local path, or the URI as given (``s3://bucket/results/name``)
     name: str
     rows: pd.DataFrame
     cells: pd.DataFrame
@@ -175,7 +177,7 @@ class ResultsData:
     expected_cell_ids: set[str] | None = None
     expected_note: str | None = None
     unreadable: list[str] = field(default_factory=list)
-    folders: list[Path] = field(default_factory=list)
+    folders: list[Path | str] = field(default_factory=list)
     sweeps: list[str] = field(default_factory=list)
     spec_texts: dict[str, str | None] = field(default_factory=dict)
     _records: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
@@ -289,22 +291,27 @@ def _absent(table: pa.Table, name: str, dtype: pa.DataType) -> pa.Array:
 
 
 def _read_cell_files(
-    files: list[str], base: list[str], kind_columns: list[str], params_for: Callable[[dict[str, str]], list[str]]
+    listing: ResultsFiles, files: list[str], base: list[str], kind_columns: list[str],
+    params_for: Callable[[dict[str, str]], list[str]],
 ) -> tuple[pa.Table | None, list[str]]:
     """Every cell file as one table in the declared types, and the files that could not be read.
 
     Reading costs per file and column (rows hardly matter), and most of the ~100 parameter
     columns are null in any one cell. So each file is opened once: its ``*.kind`` columns are read
     first, then ``base`` plus only the parameters those kinds declare (``params_for``). Files
-    are read on a few threads (pyarrow releases the GIL).
+    are read on a few threads (pyarrow releases the GIL), through ``listing``'s file system: a
+    local folder and an ``s3://`` one are read the same way, in place.
     """
     schema = results_schema()
 
     def one(path: str) -> pa.Table:
+        with listing.open(path) as source:
+            return read(source, listing.paths[path])
+
+    def read(source: pa.NativeFile, stem: str) -> pa.Table:
         # Page checksums, where the writer stored them, catch bytes flipped inside a data page.
-        reader = pq.ParquetFile(path, page_checksum_verification=True)
+        reader = pq.ParquetFile(source, page_checksum_verification=True)
         present = set(reader.schema_arrow.names)
-        stem = Path(path).name[: -len(".parquet")]
         claimed = (reader.schema_arrow.metadata or {}).get(CELL_ID_KEY)
         if claimed is not None and claimed.decode(errors="replace") != stem:
             raise _WrongCell(f"holds cell {claimed.decode(errors='replace')!r} (file metadata), not {stem!r}")
@@ -332,7 +339,7 @@ def _read_cell_files(
             return one(path)
         except Exception as err:  # noqa: BLE001 - any unreadable file is skipped and listed, never fatal
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            return f"{Path(path).name}: {first}"
+            return f"{path.rsplit('/', 1)[-1]}: {first}"
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = list(pool.map(safe, files))
@@ -373,38 +380,60 @@ def _cell_top() -> Group:
     return Group({k: v for k, v in catalog.TOP.fields.items() if k not in catalog.NOT_IN_CELL})
 
 
-def _read_failures(folder: Path) -> list[Failure]:
-    out = []
-    for path in sorted((Path(bookkeeping_location(folder)) / "failures").glob("*.json")):
+def _is_uri(folder: str | os.PathLike) -> bool:
+    """``s3://bucket/results/name`` (any ``pyarrow.fs`` URI), read in place; else a local path."""
+    return "://" in os.fspath(folder)
+
+
+def _folder_name(folder: Path | str) -> str:
+    """The last part of a folder's path: ``name`` of ``results/name`` or ``s3://b/results/name?...``."""
+    return split_location(folder)[1] if isinstance(folder, str) else folder.name
+
+
+def _read_failures(store: SweepStore) -> list[Failure]:
+    """The failure records of a folder (either bookkeeping layout, any file system); a record that
+    cannot be parsed is still listed, so that a failed cell is never silently taken for missing."""
+    records = store.failures()
+    names = set(records)
+    for base in (store.legacy_meta, store.meta):  # records failures() could not parse: listed, not hidden
         try:
-            record = json.loads(path.read_text())
-            error = str(record.get("error", "")).strip().splitlines()
-        except (OSError, ValueError, AttributeError):
+            infos = store.fs.get_file_info(pafs.FileSelector(f"{base}/failures", allow_not_found=True))
+        except OSError:
+            continue
+        names |= {
+            i.base_name[: -len(".json")] for i in infos
+            if i.type == pafs.FileType.File and i.base_name.endswith(".json") and not i.base_name.startswith(".")
+        }
+    out = []
+    for cell_id in sorted(names):
+        try:
+            error = str(records[cell_id].get("error", "")).strip().splitlines()
+        except (KeyError, AttributeError):
             error = ["(unreadable failure record)"]
-        out.append(Failure(path.stem, error[0] if error else ""))
+        out.append(Failure(cell_id, error[0] if error else ""))
     return out
 
 
-def _expected_cells(spec_path: Path) -> tuple[set[str] | None, str | None]:
-    """The cell ids the spec as run expands to, or None and why not."""
-    if not spec_path.is_file():
+def _expected_cells(spec_text: str | None, source: str) -> tuple[set[str] | None, str | None]:
+    """The cell ids the spec as run (its stored text) expands to, or None and why not."""
+    if spec_text is None:
         return None, "no _gradsweep/spec.yaml: cannot tell how many cells are expected"
     try:
         from gradsweep.spec import load_spec  # the spec layer is torch-free (docs/design.md)
     except ImportError as err:
         return None, f"the spec layer is not importable ({err}): expected cells unknown"
-    try:
-        sweep = load_spec(spec_path)
+    try:  # a one-line text would be taken for a file name: the newline makes it text
+        sweep = load_spec(spec_text if "\n" in spec_text else spec_text + "\n", source=source)
+        return {cell.id for cell in sweep.iter_cells()}, None
     except Exception as err:  # noqa: BLE001 - any spec error only means "unknown", never a crash
         return None, f"the spec could not be expanded ({str(err).splitlines()[0]}): expected cells unknown"
-    return {cell.id for cell in sweep.cells}, None
 
 
 @dataclass
 class _Folder:
     """One results folder as read: its rows (None if no readable file) and what is missing."""
 
-    folder: Path
+    folder: Path | str  # a local path, or the URI as given (s3://...)
     table: pa.Table | None
     unreadable: list[str]
     failures: list[Failure]
@@ -418,18 +447,22 @@ class _Folder:
             names = pc.unique(self.table["sweep"]).to_pylist()
             if len(names) == 1 and names[0]:
                 return str(names[0])
-        return self.folder.name
+        return _folder_name(self.folder)
 
 
-def _read_folder(folder: Path) -> _Folder:
-    if not folder.is_dir():
+def _read_folder(folder: Path | str) -> _Folder:
+    """One results folder, local or on object storage, read in place through the store's listing."""
+    if not _is_uri(folder) and not Path(folder).is_dir():
         raise ResultsError(f"results folder {str(folder)!r} does not exist (expected <results>/<name>/)")
+    try:
+        listing = results_files(folder)
+    except (StoreError, OSError) as err:  # no such prefix, no credentials, no such bucket or endpoint
+        text = (str(err).splitlines() or [type(err).__name__])[0].removeprefix("results: ")
+        raise ResultsError(f"cannot read the results folder {str(folder)!r}: {text} (expected <results>/<name>/)") from None
     schema = results_schema()
     params = [f.name for f in param_fields() if f.name in schema.names]
-    files = sorted(
-        str(p) for p in folder.iterdir()
-        if p.suffix == ".parquet" and not p.name.startswith((".", "_")) and p.is_file()
-    )
+    # the folder's own cell files (not those of folders below it), in name order
+    files = [path for path in listing.paths if path.rsplit("/", 1)[0] == listing.base]
     unions = [u for u in _union_paths(_cell_top()) if f"{u}.kind" in schema.names]
     catalog_paths = set(params)
 
@@ -444,15 +477,19 @@ def _read_folder(folder: Path) -> _Folder:
 
     metrics = [f.name for f in METRIC_FIELDS]
     table, unreadable = _read_cell_files(
-        files, ["sweep", "cell_id", "record", "seed", *metrics], [f"{u}.kind" for u in unions],
+        listing, files, ["sweep", "cell_id", "record", "seed", *metrics], [f"{u}.kind" for u in unions],
         lambda kinds: list(declared(tuple(sorted(kinds.items())))),
     )
     if table is not None and table.num_rows == 0:
         table = None
-    spec_path = Path(bookkeeping_location(folder)) / "spec.yaml"
-    spec_text = spec_path.read_text() if spec_path.is_file() else None
-    expected, note = _expected_cells(spec_path)
-    return _Folder(folder, table, unreadable, _read_failures(folder), spec_text, expected, note)
+    store = SweepStore(folder)
+    try:
+        spec_text = store.read_spec()
+    except UnicodeDecodeError:
+        spec_text, expected, note = None, None, "the stored spec is not UTF-8 text: expected cells unknown"
+    else:
+        expected, note = _expected_cells(spec_text, store.spec_path)
+    return _Folder(folder, table, unreadable, _read_failures(store), spec_text, expected, note)
 
 
 def _sweep_labels(parts: Sequence[_Folder]) -> list[str]:
@@ -461,10 +498,23 @@ def _sweep_labels(parts: Sequence[_Folder]) -> list[str]:
     names = [part.sweep for part in parts]
     if len(set(names)) == len(names):
         return names
+    if any(isinstance(part.folder, str) for part in parts):  # a URI among them: compare path texts
+        texts = [_folder_text(part.folder) for part in parts]
+        split = [text.split("/") for text in texts]
+        common = 0
+        while all(len(s) > common + 1 for s in split) and len({s[common] for s in split}) == 1:
+            common += 1
+        labels = ["/".join(s[common:]) for s in split]
+        return labels if len(set(labels)) == len(labels) else texts
     paths = [part.folder.resolve() for part in parts]
     common = Path(os.path.commonpath([str(p) for p in paths]))
     labels = [str(p.relative_to(common)) if p != common else p.name for p in paths]
     return labels if len(set(labels)) == len(labels) else [str(p) for p in paths]
+
+
+def _folder_text(folder: Path | str) -> str:
+    """A folder as one path text: a local one resolved, a URI without its query (endpoint, region)."""
+    return folder.partition("?")[0].rstrip("/") if isinstance(folder, str) else str(folder.resolve())
 
 
 def _relabel(table: pa.Table, label: str) -> pa.Table:
@@ -483,9 +533,12 @@ def load_results(folders: str | os.PathLike | Sequence[str | os.PathLike]) -> Re
     sweep name, or the folder where names clash) and ids ``<sweep>/<cell_id>``: the same
     config in two sweeps stays two configs. Files that cannot be read, or that hold another
     cell's rows than their name says, are skipped and listed in ``unreadable``.
+    A folder is a local path or a URI (``s3://bucket/results/name``, the ``AWS_*`` variables or
+    the URI's query naming the endpoint), read in place.
     Raises :class:`ResultsError` when a folder does not exist or none holds a readable result.
     """
-    paths = [Path(folders)] if isinstance(folders, (str, os.PathLike)) else [Path(f) for f in folders]
+    given = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
+    paths = [os.fspath(f) if _is_uri(f) else Path(f) for f in given]  # a URI stays text: Path("s3://b") is "s3:/b"
     if not paths:
         raise ResultsError("no results folder given")
     parts = [_read_folder(path) for path in paths]
