@@ -245,9 +245,10 @@ def reload() -> Registry:
     global _REGISTRY
     with _LOCK:
         _REGISTRY = None
-    from gradsweep import catalog
+    from gradsweep import catalog, results_schema
 
     catalog.reset()
+    results_schema.reset()
     return registry()
 
 

@@ -181,3 +181,10 @@ def flatten_cell(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
     visit(config, prefix)
     return out
+
+
+def reset() -> None:
+    """Forget the derived schema and columns (the kinds changed: a plugin installed, a reload)."""
+    global _SCHEMA, _PARAM_COLUMNS
+    _SCHEMA = _PARAM_COLUMNS = None
+    introduced_columns.cache_clear()

@@ -189,6 +189,7 @@ class _Layout:
     """
 
     def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
         self.fields = tuple((f.name, f.type) for f in schema)
         self.names = frozenset(name for name, _ in self.fields)
         self._nulls: dict[int, list[pa.Array]] = {}
@@ -202,10 +203,17 @@ class _Layout:
         return self._nulls[n]
 
 
-@functools.lru_cache(maxsize=1)
+_LAYOUT: _Layout | None = None
+
+
 def _layout() -> _Layout:
-    """The layout of :func:`results_schema` (one schema object for the process)."""
-    return _Layout(results_schema())
+    """The layout of :func:`results_schema`, built once per schema object (a registry reload
+    derives a new schema)."""
+    global _LAYOUT
+    schema = results_schema()
+    if _LAYOUT is None or _LAYOUT.schema is not schema:
+        _LAYOUT = _Layout(schema)
+    return _LAYOUT
 
 
 def _constant(value: Any, n: int, dtype: pa.DataType) -> pa.Array:

@@ -368,7 +368,7 @@ def validate_value(p: Param, raw: Any) -> Any:
     raise AssertionError(f"unhandled Param type {t}")  # catalog.TYPES is closed
 
 
-_DEFAULTS: dict[int, list[Alt]] = {}
+_DEFAULTS: dict[int, tuple[Param, list[Alt]]] = {}
 
 
 def _leaf(p: Param, raw: Any, path: str, line: int | None, ctx: Context) -> list[Alt]:
@@ -378,11 +378,13 @@ def _leaf(p: Param, raw: Any, path: str, line: int | None, ctx: Context) -> list
         if p.default is REQUIRED:
             ctx.add(path, f"required: expected {describe(p)}", line)
             return []
-        cached = _DEFAULTS.get(id(p))
-        if cached is None:
+        # keyed by id, the Param kept beside it: a catalog derived again (a plugin installed, the
+        # registry reloaded) may reuse a freed Param's id, which must not find its default
+        entry = _DEFAULTS.get(id(p))
+        if entry is None or entry[0] is not p:
             value = validate_value(p, p.default)  # the catalog's own defaults are valid
-            cached = _DEFAULTS[id(p)] = [(value, _dumps(value))]
-        return cached
+            entry = _DEFAULTS[id(p)] = (p, [(value, _dumps(value))])
+        return entry[1]
     try:
         value = validate_value(p, raw)
     except _Bad as exc:
