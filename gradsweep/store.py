@@ -26,7 +26,6 @@ Imports pyarrow only: no torch, no Ray.
 from __future__ import annotations
 
 import errno
-import functools
 import json
 import os
 import socket
