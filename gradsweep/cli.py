@@ -210,8 +210,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     whole = _load_spec(args.spec, args.overrides)
     sweep = _selected(whole, args)
     p = plan(sweep, args.results)
-    if len(sweep.cells) < len(whole.cells):  # cells left out by --where/--cell are not "dropped"
-        p.dropped -= {c.id for c in whole.cells}
+    if sweep is not whole:  # cells left out by --where/--cell are not "dropped"
+        p.dropped -= {c.id for c in whole.iter_cells()}
     if args.json:
         from gradsweep.views import plan_json
 
@@ -219,7 +219,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         _print_json(plan_json(p, sweep, failures))
     else:
         print(p.format())
-        for warning in inert_warnings(c.config for c in sweep.iter_cells()):
+        for warning in inert_warnings(p.groups, groups=True):
             print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 

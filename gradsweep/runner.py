@@ -141,6 +141,9 @@ class Plan:
     estimate_source: str
     peak_memory_bytes: float = 0.0
     verified: bool = False  # every data page of the done cells read and its checksum checked
+    #: one config per group of cells that share their problem, estimator, measure and step (they
+    #: differ in the seed), with the group's size: what is judged once per group
+    groups: list[tuple[dict[str, Any], int]] = field(default_factory=list)
 
     @property
     def checked(self) -> str:
@@ -292,7 +295,7 @@ def plan(sweep: Any, results: str | os.PathLike[str], *, full: bool = False) -> 
                     message = f"{exc} (problem {cfg['problem']['kind']})".removeprefix("params: ")
                     raise SpecError([Issue("params", message)], source=str(sweep.path or sweep.name)) from None
                 peak_memory = max(peak_memory, estimate.memory_bytes)
-                entry = memo[key] = [0, 0, 0, estimate.flops, _kinds(cfg)]
+                entry = memo[key] = [0, 0, 0, estimate.flops, _kinds(cfg), cfg]
             entry[0] += 1
             if cid in known_done:
                 done.add(cid)
@@ -300,7 +303,7 @@ def plan(sweep: Any, results: str | os.PathLike[str], *, full: bool = False) -> 
             elif known_failed_any and cid in known_failed:
                 failed.add(cid)
                 entry[2] += 1
-    for n, n_done, n_failed, cost, kinds in memo.values():
+    for n, n_done, n_failed, cost, kinds, _ in memo.values():
         counts = by_kind.get(kinds)
         if counts is None:
             counts = by_kind[kinds] = Counter()
@@ -332,6 +335,7 @@ def plan(sweep: Any, results: str | os.PathLike[str], *, full: bool = False) -> 
         todo_count=todo, invalid={k: v for k, v in scan.invalid.items()}, dropped=(known_done - done),
         added=added, by_kind=by_kind, estimate_seconds=estimate_s, estimate_source=source,
         peak_memory_bytes=peak_memory, verified=scan.verified,
+        groups=[(entry[5], entry[0]) for entry in memo.values()],
     )
 
 

@@ -47,18 +47,23 @@ def _get(config: Any, path: _Path) -> Any:
 _ABSENT: Any = object()
 
 
-def inert_warnings(configs: Iterable[Mapping[str, Any]]) -> list[str]:
+def inert_warnings(configs: Iterable[Mapping[str, Any]], *, groups: bool = False) -> list[str]:
     """One message per inert parameter that takes several values among cells that are otherwise
-    identical (so their results are too), with the declared reason."""
+    identical (so their results are too), with the declared reason.
+
+    ``groups=True``: ``configs`` are ``(config, n)`` pairs, one per group of ``n`` cells that
+    differ only in their seed (what ``plan`` walks once per group): a sweep of millions of cells
+    is then judged from its few distinct groups."""
+    pairs = configs if groups else ((cfg, 1) for cfg in configs)
     params = list(inert_params())
     if not params:
         return []
     # One pass over the cells (a sweep of millions is walked, not kept): only the cells that have
     # an inert parameter are kept. Cells of a grid share their nested mappings, so what a cell's
     # top-level entries say is decided once per distinct entry object.
-    found: list[tuple[dict[str, Any], list[tuple[Any, str]]]] = [({}, []) for _ in params]
+    found: list[tuple[dict[str, Any], list[tuple[Any, str, int]]]] = [({}, []) for _ in params]
     memo: dict[tuple[int, tuple[int, ...]], Any] = {}
-    for cfg in configs:
+    for cfg, n in pairs:
         for i, (path, kinds, _param) in enumerate(params):
             tops = tuple(id(cfg.get(p[0])) if p else id(cfg) for p, _ in kinds) + (id(cfg.get(path[0])),)
             key = (i, tops)
@@ -72,18 +77,22 @@ def inert_warnings(configs: Iterable[Mapping[str, Any]]) -> list[str]:
                 memo[key] = hit
             if hit is not None:
                 found[i][0].setdefault(hit[1], hit[0])
-                found[i][1].append((cfg, hit[1]))
+                found[i][1].append((cfg, hit[1], n))
     out = []
     for (path, kinds, param), (values, cells) in zip(params, found):
         if len(values) < 2:
             continue  # the usual case, decided without copying any cell
-        rest: dict[str, set[str]] = {}
-        for cfg, text in cells:
+        rest: dict[str, tuple[set[str], int]] = {}
+        for cfg, text, n in cells:
             # the cell without the inert parameter: cells that share it are duplicates
             copy = json.loads(json.dumps(cfg, default=str))
             del _get(copy, path[:-1])[path[-1]]
-            rest.setdefault(json.dumps(copy, sort_keys=True), set()).add(text)
-        duplicated = sum(len(texts) - 1 for texts in rest.values())
+            if groups:
+                copy.pop("seed", None)  # a group stands for its n seeds
+            texts, size = rest.setdefault(json.dumps(copy, sort_keys=True), (set(), n))
+            texts.add(text)
+            rest[json.dumps(copy, sort_keys=True)] = (texts, min(size, n))
+        duplicated = sum((len(texts) - 1) * size for texts, size in rest.values())
         if len(values) > 1 and duplicated:
             where = ".".join(path)
             kind = " / ".join(f"{'.'.join(p)}.kind {k}" for p, k in kinds)
