@@ -13,7 +13,8 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from gradsweep.problems.base import Surrogate, straight_through
+from gradsweep.nn import binary_weight as scaled_binary_weight
+from gradsweep.problems.base import Surrogate
 from gradsweep.problems.quantizers import get_quantizer
 from gradsweep.seeding import generator
 
@@ -73,9 +74,9 @@ binary_sign = get_quantizer("binary")
 
 
 def binary_weight(w: torch.Tensor) -> torch.Tensor:
-    """XNOR-Net weights ``alpha_o * sign(W)``, alpha_o = mean |W[o]|; sign's backward is 1{|W| <= 1}."""
-    alpha = w.abs().flatten(1).mean(1).view(-1, *([1] * (w.dim() - 1)))
-    return alpha * straight_through(w, binary_sign(w), (w.abs() <= 1).to(w.dtype))
+    """XNOR-Net weights ``alpha_o * sign(W)``, alpha_o = mean |W[o]|; sign's backward is 1{|W| <= 1}
+    (the public quantiser of :mod:`gradsweep.nn`, which users' binary layers use too)."""
+    return scaled_binary_weight(w, True)
 
 
 @dataclass
