@@ -271,8 +271,11 @@ def test_slurm_script_passes_shellcheck() -> None:
 
 
 # Stand-ins for what a Slurm allocation provides. Each records its name, the Ray auth variables it
-# saw and its arguments, one line per call (fields split by \x1f), in $STUB_LOG.
-_RECORD = 'printf "%s\\x1f" "$(basename "$0")" "${RAY_AUTH_MODE-}" "${RAY_AUTH_TOKEN-}" "$@" >> "$STUB_LOG"; echo >> "$STUB_LOG"\n'
+# saw and its arguments, one line per call (fields split by \x1f), in $STUB_LOG. The script starts
+# worker sruns in the background, so a record is written whole by one printf (one short append)
+# and records of concurrent calls cannot interleave.
+_RECORD = ('record=$(printf "%s\\x1f" "$(basename "$0")" "${RAY_AUTH_MODE-}" "${RAY_AUTH_TOKEN-}" "$@"); '
+           'printf "%s\\n" "$record" >> "$STUB_LOG"\n')
 _STUBS = {
     # scontrol show hostnames LIST: a two-node allocation
     "scontrol": _RECORD + 'printf "gpu-node-1\\ngpu-node-2\\n"\n',
